@@ -1,0 +1,123 @@
+"""Processor for mmfusion: one call turns (image, caption) pairs into model inputs.
+
+This file is copied next to every checkpoint (remote code), so it imports only transformers, torch, numpy and PIL,
+never the `mmfusion` package itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from transformers import BatchFeature, ProcessorMixin
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+# Modes holding more than 8 bits per pixel. PIL's own convert("RGB") clips them at 255, which turns a normal
+# 16-bit PNG into a white sheet, so they are rescaled to 8 bits first.
+_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_MODES_WITH_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Return `image` as an 8-bit RGB PIL image, whatever its mode.
+
+    Transparent pixels are composited onto `background` (white: memes with a transparent background are drawn for
+    a light page), 16/32-bit greyscale is rescaled rather than clipped, and palette, CMYK, YCbCr, LAB, HSV and 1-bit
+    images go through PIL's conversions.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"to_rgb expects a PIL image, got {type(image).__name__}")
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        image = Image.fromarray(_rescale_to_uint8(np.asarray(image)), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _MODES_WITH_ALPHA:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    pixels = pixels.astype(np.float64)
+    if pixels.dtype.kind == "f" and pixels.size and pixels.max() <= 1.0 and pixels.min() >= 0.0:
+        pixels = pixels * 255.0  # float images in [0, 1]
+    elif pixels.size and pixels.max() > 255:
+        pixels = pixels / 257.0  # 16-bit range: 65535 -> 255
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def default_image_processor(image_size: int = 224):
+    """The notebook's transform as an HF image processor: resize to a square, scale to [0, 1], ImageNet mean/std.
+
+    Resizing without cropping keeps the whole meme (captions printed near the edges survive).
+    """
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+    )
+
+
+class MMFusionProcessor(ProcessorMixin):
+    """Tokenizer + image processor.
+
+    `processor(images=..., text=..., return_tensors="pt")` returns `input_ids`, `attention_mask` (and
+    `token_type_ids` when the tokenizer makes them) and `pixel_values`, ready for `MMFusionForClassification`.
+    Images of any PIL mode are converted to RGB first (see `to_rgb`).
+    """
+
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        padding: bool | str = True,
+        truncation: bool = True,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        if images is None and text is None:
+            raise ValueError("MMFusionProcessor needs `images`, `text` or both.")
+        data = {}
+        if text is not None:
+            data.update(
+                self.tokenizer(
+                    text,
+                    padding=padding,
+                    truncation=truncation,
+                    max_length=max_length,
+                    return_tensors=return_tensors,
+                    **kwargs,
+                )
+            )
+        if images is not None:
+            data.update(self.image_processor(self.prepare_images(images), return_tensors=return_tensors))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def prepare_images(images):
+        """RGB-convert one PIL image or a list of them; arrays and tensors are passed through unchanged."""
+        if isinstance(images, Image.Image):
+            return to_rgb(images)
+        if isinstance(images, (list, tuple)):
+            return [to_rgb(image) if isinstance(image, Image.Image) else image for image in images]
+        return images
+
+    @property
+    def model_input_names(self):
+        return list(dict.fromkeys(self.tokenizer.model_input_names + self.image_processor.model_input_names))
+
+
+MMFusionProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["MMFusionProcessor", "default_image_processor", "to_rgb"]
