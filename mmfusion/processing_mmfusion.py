@@ -70,9 +70,6 @@ class MMFusionProcessor(ProcessorMixin):
     Images of any PIL mode are converted to RGB first (see `to_rgb`).
     """
 
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
-
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
 

@@ -1,0 +1,192 @@
+"""Configuration for mmfusion models: a text tower, a vision tower and how they are fused.
+
+Copied next to every checkpoint (remote code): it imports only transformers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, BertConfig, PretrainedConfig, ResNetConfig
+
+FUSION_TYPES = ("early", "concat", "attention")
+
+# Written into every saved config so that a Hub user's `Auto*.from_pretrained(..., trust_remote_code=True)` finds the
+# classes in the files saved next to the weights, whichever of the model classes was saved.
+AUTO_MAP = {
+    "AutoConfig": "configuration_mmfusion.MMFusionConfig",
+    "AutoModel": "modeling_mmfusion.MMFusionModel",
+    "AutoModelForSequenceClassification": "modeling_mmfusion.MMFusionForClassification",
+}
+
+
+def _as_config(value, default_model_type: str) -> PretrainedConfig:
+    if value is None:
+        return AutoConfig.for_model(default_model_type)
+    if isinstance(value, PretrainedConfig):
+        return value
+    if isinstance(value, dict):
+        value = dict(value)
+        return AutoConfig.for_model(value.pop("model_type", default_model_type), **value)
+    raise TypeError(f"Expected a config, a dict or None, got {type(value).__name__}")
+
+
+def vision_feature_size(vision_config: PretrainedConfig) -> int:
+    """Channels of the vision tower's last feature map (CNNs) or width of its tokens (ViT-like towers)."""
+    hidden_sizes = getattr(vision_config, "hidden_sizes", None)
+    if hidden_sizes:
+        return hidden_sizes[-1]
+    return vision_config.hidden_size
+
+
+def vision_grid_size(vision_config: PretrainedConfig, image_size: int) -> int | None:
+    """Side of the square feature grid the vision tower gives for a square `image_size` input, when known.
+
+    ResNet: the stem halves the side twice (7x7 conv, max pool), every stage after the first halves it again
+    (224 -> 7). ViT-like towers: one token per patch. Other towers: unknown (checked at run time instead).
+    """
+    if vision_config.model_type == "resnet":
+        halvings = 2 + len(vision_config.depths) - 1 + int(vision_config.downsample_in_first_stage)
+        side = image_size
+        for _ in range(halvings):
+            side = math.ceil(side / 2)
+        return side
+    patch_size = getattr(vision_config, "patch_size", None)
+    if isinstance(patch_size, int) and getattr(vision_config, "model_type", "") in {"vit", "deit", "dinov2"}:
+        return image_size // patch_size
+    return None
+
+
+class MMFusionConfig(PretrainedConfig):
+    r"""
+    Configuration of an image+text classifier made of a text tower, a vision tower and a fusion module.
+
+    Args:
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the text tower: any BERT-like encoder (`bert`, `roberta`, `electra`, ...). Defaults to the
+            shape of `bert-base-uncased`.
+        vision_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the vision tower: any transformers vision model whose last hidden state is a feature map
+            (ResNet, ConvNeXt, ...) or a token sequence (ViT). Defaults to the shape of `microsoft/resnet-50`.
+            torchvision ResNets are expressed as the equivalent `ResNetConfig` (see
+            `mmfusion.torchvision_resnet`): their weights are converted once at load time, so a checkpoint never
+            needs torchvision.
+        fusion (`str`, *optional*, defaults to `"early"`):
+            `"early"`: image grid tokens are projected into the text tower's embedding space and run through the
+            text encoder together with the caption (MMBT-style). `"concat"`: pooled image features concatenated
+            with the text tower's pooled output (late fusion). `"attention"`: both modalities projected to
+            `fusion_hidden_size` and mixed by multi-head attention over the joint token set.
+        num_image_tokens (`int`, *optional*, defaults to 49):
+            Image tokens given to early/attention fusion: the feature grid (7x7 = 49 for a ResNet at 224 px) is
+            average-pooled to a `sqrt(n) x sqrt(n)` grid, so `n` must be a square no larger than the grid.
+        image_size (`int`, *optional*, defaults to 224):
+            Side of the square images the processor produces; used to check `num_image_tokens` and for export.
+        fusion_hidden_size (`int`, *optional*, defaults to 512):
+            Width of the joint space of attention fusion.
+        fusion_num_heads (`int`, *optional*, defaults to 8):
+            Attention heads of attention fusion.
+        classifier_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout before the classifier (and inside attention fusion).
+        freeze_text_encoder (`bool`, *optional*, defaults to `False`):
+            Keep the text tower's weights fixed (no gradients, eval mode).
+        freeze_vision_encoder (`bool`, *optional*, defaults to `False`):
+            Keep the vision tower's weights fixed (no gradients, eval mode so BatchNorm statistics stay put). Frozen
+            towers let training reuse precomputed image features.
+        modality_dropout (`float`, *optional*, defaults to 0.0):
+            During training, the probability that an example loses one of its two modalities (image features zeroed
+            or caption reduced to its first token), so that neither modality can carry the model alone.
+    """
+
+    model_type = "mmfusion"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    def __init__(
+        self,
+        text_config: dict | PretrainedConfig | None = None,
+        vision_config: dict | PretrainedConfig | None = None,
+        fusion: str = "early",
+        num_image_tokens: int = 49,
+        image_size: int = 224,
+        fusion_hidden_size: int = 512,
+        fusion_num_heads: int = 8,
+        classifier_dropout: float = 0.1,
+        freeze_text_encoder: bool = False,
+        freeze_vision_encoder: bool = False,
+        modality_dropout: float = 0.0,
+        **kwargs,
+    ):
+        self.text_config = _as_config(text_config, BertConfig.model_type)
+        self.vision_config = _as_config(vision_config, ResNetConfig.model_type)
+        self.fusion = fusion
+        self.num_image_tokens = num_image_tokens
+        self.image_size = image_size
+        self.fusion_hidden_size = fusion_hidden_size
+        self.fusion_num_heads = fusion_num_heads
+        self.classifier_dropout = classifier_dropout
+        self.freeze_text_encoder = freeze_text_encoder
+        self.freeze_vision_encoder = freeze_vision_encoder
+        self.modality_dropout = modality_dropout
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(**kwargs)
+        if self.id2label and not self.label2id:
+            # transformers 5 no longer derives one mapping from the other; pipelines and users expect both
+            self.label2id = {label: int(index) for index, label in self.id2label.items()}
+        self.validate_fusion_settings()
+
+    @property
+    def text_hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def vision_feature_size(self) -> int:
+        return vision_feature_size(self.vision_config)
+
+    @property
+    def image_grid_side(self) -> int:
+        """Side of the pooled image-token grid (7 for 49 tokens)."""
+        return math.isqrt(self.num_image_tokens)
+
+    def validate_fusion_settings(self) -> None:
+        """Fail at construction, with a message that says what to change, rather than deep inside `forward`."""
+        if self.fusion not in FUSION_TYPES:
+            raise ValueError(f"Unknown fusion type {self.fusion!r}; expected one of {', '.join(FUSION_TYPES)}.")
+        if getattr(self.text_config, "hidden_size", None) is None:
+            raise ValueError(
+                f"The text tower ({self.text_config.model_type}) must be a BERT-like encoder with a `hidden_size`."
+            )
+        heads = getattr(self.text_config, "num_attention_heads", None)
+        if heads and self.text_config.hidden_size % heads:
+            raise ValueError(
+                f"The text tower's hidden_size ({self.text_config.hidden_size}) must be divisible by its "
+                f"num_attention_heads ({heads})."
+            )
+        if getattr(self.text_config, "is_decoder", False):
+            raise ValueError("The text tower must be a bidirectional encoder; got a config with is_decoder=True.")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}.")
+        side = math.isqrt(max(self.num_image_tokens, 0))
+        if self.num_image_tokens < 1 or side * side != self.num_image_tokens:
+            raise ValueError(
+                f"num_image_tokens must be a positive square (1, 4, 9, ..., 49), got {self.num_image_tokens}: "
+                "the image feature grid is pooled to a square grid."
+            )
+        grid = vision_grid_size(self.vision_config, self.image_size)
+        if self.fusion != "concat" and grid is not None and side > grid:
+            raise ValueError(
+                f"num_image_tokens={self.num_image_tokens} asks for more image tokens than the vision tower's "
+                f"{grid}x{grid} feature grid has at image_size={self.image_size} ({grid * grid} at most)."
+            )
+        if self.fusion == "early":
+            max_positions = getattr(self.text_config, "max_position_embeddings", None)
+            if max_positions is not None and max_positions < 2:
+                raise ValueError("Early fusion needs a text tower with position embeddings for the caption.")
+        if self.fusion == "attention" and self.fusion_hidden_size % self.fusion_num_heads:
+            raise ValueError(
+                f"fusion_hidden_size ({self.fusion_hidden_size}) must be divisible by fusion_num_heads "
+                f"({self.fusion_num_heads})."
+            )
+
+
+MMFusionConfig.register_for_auto_class()
+
+__all__ = ["MMFusionConfig", "FUSION_TYPES", "vision_feature_size", "vision_grid_size"]

@@ -1,0 +1,479 @@
+"""mmfusion models: a text tower and a vision tower joined by early, concat or attention fusion.
+
+Copied next to every checkpoint (remote code): it imports only torch, transformers and its flat siblings.
+
+Early fusion layout (deliberate): `[CLS] caption [SEP] <pad>... img_1 ... img_N`. The caption keeps the positions
+the text tower was pretrained with, so [CLS] stays at position 0 and the classifier reads the token (and the pooler)
+the tower was trained to summarise with; [CLS] attends to every image token. The notebook put the image tokens first
+and still read position 0, which is then the first image token's output rather than [CLS]. Padding sits between the
+caption and the image tokens; it is masked out, and image tokens carry their own position embeddings, so where they
+sit in the sequence does not matter.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_mmfusion import MMFusionConfig
+
+try:  # transformers' init functions skip weights that were loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - older transformers 5.x
+    from torch.nn import init
+
+TEXT, IMAGE = 0, 1  # rows of the modality embeddings
+
+
+@dataclass
+class MMFusionModelOutput(ModelOutput):
+    """
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, fused_size)`):
+        The fused image+text representation the classifier reads.
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+        The joint token sequence (caption tokens, then image tokens) for early and attention fusion.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Text-encoder hidden states (embeddings, then one per layer) when `output_hidden_states=True`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Attention weights when `output_attentions=True` (eager attention only, as in transformers).
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def image_tokens_from_features(image_features: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(B, C, H, W) feature maps or (B, N, C) token sequences -> (B, num_tokens, C) by average pooling."""
+    if image_features.dim() == 4:
+        side = math.isqrt(num_tokens)
+        height, width = image_features.shape[-2:]
+        if height < side or width < side:
+            raise ValueError(
+                f"The vision tower gives a {height}x{width} feature grid, fewer cells than num_image_tokens="
+                f"{num_tokens}; lower num_image_tokens or feed larger images."
+            )
+        if (height, width) != (side, side):
+            image_features = F.adaptive_avg_pool2d(image_features, side)
+        return image_features.flatten(2).transpose(1, 2)
+    if image_features.dim() == 3:
+        if image_features.shape[1] < num_tokens:
+            raise ValueError(f"Got {image_features.shape[1]} image tokens, fewer than num_image_tokens={num_tokens}.")
+        if image_features.shape[1] != num_tokens:
+            image_features = F.adaptive_avg_pool1d(image_features.transpose(1, 2), num_tokens).transpose(1, 2)
+        return image_features
+    raise ValueError(f"image features must be (B, C, H, W) or (B, N, C); got shape {tuple(image_features.shape)}")
+
+
+def pool_image_features(image_features: torch.Tensor) -> torch.Tensor:
+    """Global average of the feature grid (what ResNet's own pooler computes) -> (B, C)."""
+    if image_features.dim() == 4:
+        return image_features.mean(dim=(-2, -1))
+    return image_features.mean(dim=1)
+
+
+def _first_token_or_pooler(text_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
+    pooler = getattr(text_model, "pooler", None)
+    return pooler(sequence_output) if pooler is not None else sequence_output[:, 0]
+
+
+@contextmanager
+def record_tower_outputs(tower: nn.Module, hidden_states: bool, attentions: bool):
+    """Collect per-layer hidden states / attention weights of a tower we drive piecewise (early fusion).
+
+    transformers towers declare which module classes produce them in `_can_record_outputs`; we hook those.
+    """
+    recorded = {"hidden_states": [], "attentions": []}
+    specs = getattr(tower, "_can_record_outputs", None) or {}
+    handles = []
+    for key, wanted, default_index in (("hidden_states", hidden_states, 0), ("attentions", attentions, 1)):
+        spec = specs.get(key)
+        if not wanted or spec is None:
+            continue
+        target_class = getattr(spec, "target_class", spec)
+        index = getattr(spec, "index", default_index)
+
+        def hook(module, args, output, key=key, index=index):
+            value = output[index] if isinstance(output, tuple) else output
+            if value is not None:
+                recorded[key].append(value)
+
+        handles += [m.register_forward_hook(hook) for m in tower.modules() if isinstance(m, target_class)]
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class MMFusionEarlyFusion(nn.Module):
+    """Image grid tokens projected into the text tower's embedding space and encoded with the caption (MMBT)."""
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        text_config = config.text_config
+        hidden_size = text_config.hidden_size
+        self.image_projection = nn.Linear(config.vision_feature_size, hidden_size)
+        self.image_position_embeddings = nn.Embedding(config.num_image_tokens, hidden_size)
+        # Row TEXT is added to the word embeddings, row IMAGE to the image tokens. Both start at zero, so at
+        # initialisation the caption is embedded exactly as the pretrained tower embeds it.
+        self.modality_embeddings = nn.Embedding(2, hidden_size)
+        self.image_layer_norm = nn.LayerNorm(hidden_size, eps=getattr(text_config, "layer_norm_eps", 1e-12))
+        self.dropout = nn.Dropout(getattr(text_config, "hidden_dropout_prob", 0.1))
+        self.output_size = hidden_size
+
+    def embed_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        embeddings = (
+            self.image_projection(image_tokens)
+            + self.image_position_embeddings.weight
+            + self.modality_embeddings.weight[IMAGE]
+        )
+        return self.dropout(self.image_layer_norm(embeddings))
+
+    def forward(self, text_model, input_ids, attention_mask, token_type_ids, image_tokens, **output_flags):
+        word_embeddings = text_model.get_input_embeddings()(input_ids) + self.modality_embeddings.weight[TEXT]
+        # The tower's own embedding module adds its (pretrained) position and token-type embeddings and LayerNorm.
+        text_embeddings = text_model.embeddings(inputs_embeds=word_embeddings, token_type_ids=token_type_ids)
+        image_embeddings = self.embed_image(image_tokens.to(text_embeddings.dtype))
+        joint = torch.cat([text_embeddings, image_embeddings], dim=1)
+        image_mask = attention_mask.new_ones(image_embeddings.shape[:2])
+        joint_mask = create_bidirectional_mask(
+            config=text_model.config,
+            inputs_embeds=joint,
+            attention_mask=torch.cat([attention_mask, image_mask], dim=1),
+        )
+        with record_tower_outputs(
+            text_model, output_flags.get("output_hidden_states"), output_flags.get("output_attentions")
+        ) as recorded:
+            sequence_output = text_model.encoder(joint, attention_mask=joint_mask).last_hidden_state
+        hidden_states = (joint, *recorded["hidden_states"]) if output_flags.get("output_hidden_states") else None
+        attentions = tuple(recorded["attentions"]) if output_flags.get("output_attentions") else None
+        return MMFusionModelOutput(
+            pooler_output=_first_token_or_pooler(text_model, sequence_output),
+            last_hidden_state=sequence_output,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+
+
+class MMFusionConcatFusion(nn.Module):
+    """Late fusion: pooled image features concatenated with the text tower's pooled output (the notebook's Part 1)."""
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        self.output_size = config.vision_feature_size + config.text_hidden_size
+
+    def forward(self, text_model, input_ids, attention_mask, token_type_ids, image_features, **output_flags):
+        text_outputs = text_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **output_flags
+        )
+        text_pooled = text_outputs.pooler_output
+        if text_pooled is None:
+            text_pooled = text_outputs.last_hidden_state[:, 0]
+        image_pooled = pool_image_features(image_features).to(text_pooled.dtype)
+        return MMFusionModelOutput(
+            pooler_output=torch.cat([image_pooled, text_pooled], dim=-1),
+            hidden_states=getattr(text_outputs, "hidden_states", None),
+            attentions=getattr(text_outputs, "attentions", None),
+        )
+
+
+class MMFusionAttentionFusion(nn.Module):
+    """Both modalities projected to one width and mixed by multi-head attention over the joint token set (the
+    tutorial's FusionLayer), then mean-pooled over the real (unpadded) tokens."""
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        width = config.fusion_hidden_size
+        self.text_projection = nn.Linear(config.text_hidden_size, width)
+        self.image_projection = nn.Linear(config.vision_feature_size, width)
+        self.image_position_embeddings = nn.Embedding(config.num_image_tokens, width)
+        self.modality_embeddings = nn.Embedding(2, width)
+        self.attention = nn.MultiheadAttention(
+            width, config.fusion_num_heads, dropout=config.classifier_dropout, batch_first=True
+        )
+        self.layer_norm = nn.LayerNorm(width)
+        self.output_size = width
+
+    def forward(self, text_model, input_ids, attention_mask, token_type_ids, image_tokens, **output_flags):
+        text_outputs = text_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **output_flags
+        )
+        text = self.text_projection(text_outputs.last_hidden_state) + self.modality_embeddings.weight[TEXT]
+        image = (
+            self.image_projection(image_tokens.to(text.dtype))
+            + self.image_position_embeddings.weight
+            + self.modality_embeddings.weight[IMAGE]
+        )
+        joint = torch.cat([text, image], dim=1)
+        is_padding = torch.cat([attention_mask == 0, attention_mask.new_zeros(image.shape[:2], dtype=torch.bool)], 1)
+        attended, weights = self.attention(
+            joint, joint, joint, key_padding_mask=is_padding, need_weights=bool(output_flags.get("output_attentions"))
+        )
+        joint = self.layer_norm(joint + attended)
+        keep = (~is_padding).unsqueeze(-1).to(joint.dtype)
+        pooled = (joint * keep).sum(dim=1) / keep.sum(dim=1)
+        attentions = getattr(text_outputs, "attentions", None)
+        if weights is not None:
+            attentions = (*(attentions or ()), weights)
+        return MMFusionModelOutput(
+            pooler_output=pooled,
+            last_hidden_state=joint,
+            hidden_states=getattr(text_outputs, "hidden_states", None),
+            attentions=attentions,
+        )
+
+
+FUSION_MODULES = {"early": MMFusionEarlyFusion, "concat": MMFusionConcatFusion, "attention": MMFusionAttentionFusion}
+
+
+class MMFusionPreTrainedModel(PreTrainedModel):
+    config_class = MMFusionConfig
+    config: MMFusionConfig
+    base_model_prefix = "mmfusion"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, (MMFusionEarlyFusion, MMFusionAttentionFusion)):
+            init.zeros_(module.modality_embeddings.weight)
+
+    @classmethod
+    def from_text_vision_pretrained(
+        cls,
+        text_model_name_or_path: str,
+        vision_model_name_or_path: str,
+        *,
+        torchvision_weights: str | None = None,
+        text_kwargs: dict | None = None,
+        vision_kwargs: dict | None = None,
+        **config_kwargs,
+    ):
+        """Build a model whose two towers start from pretrained checkpoints; the fusion layers start fresh.
+
+        `vision_model_name_or_path` is a transformers vision model (`"microsoft/resnet-50"`, a local folder) or
+        `"torchvision/<arch>"` for torchvision's ResNets (resnet18/34/50/101/152): torchvision's default ImageNet
+        weights, or the state dict file given as `torchvision_weights`, converted to the equivalent transformers
+        ResNet. Remaining keyword arguments go to `MMFusionConfig` (`fusion`, `num_labels`, `id2label`, ...).
+
+        Example:
+        ```python
+        model = MMFusionForClassification.from_text_vision_pretrained(
+            "bert-base-uncased", "microsoft/resnet-50", fusion="early", num_labels=2
+        )
+        ```
+        """
+        text_model = AutoModel.from_pretrained(text_model_name_or_path, **(text_kwargs or {}))
+        if vision_model_name_or_path.startswith("torchvision/"):
+            from .torchvision_resnet import load_torchvision_resnet
+
+            vision_model = load_torchvision_resnet(
+                vision_model_name_or_path.split("/", 1)[1], weights_path=torchvision_weights
+            )
+        else:
+            vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **(vision_kwargs or {}))
+        config = MMFusionConfig(text_config=text_model.config, vision_config=vision_model.config, **config_kwargs)
+        model = cls(config)
+        towers = model.base_model if model.base_model is not model else model
+        towers.text_model.load_state_dict(_matching_state(text_model, towers.text_model), strict=True)
+        towers.vision_model.load_state_dict(vision_model.state_dict(), strict=True)
+        return model
+
+
+def _tower_from_config(sub_config):
+    """Build a tower; `attn_implementation="sdpa"` given for the whole model applies where the tower has attention.
+
+    transformers hands the requested implementation to every sub-config, and an attention-free CNN refuses "sdpa".
+    """
+    try:
+        return AutoModel.from_config(sub_config)
+    except ValueError as error:
+        if "attention implementation" not in str(error):
+            raise
+        return AutoModel.from_config(sub_config, attn_implementation="eager")
+
+
+def _matching_state(source: nn.Module, target: nn.Module) -> dict:
+    """The source tower's weights that the target tower has (attention fusion drops the unused text pooler)."""
+    wanted = target.state_dict().keys()
+    return {key: value for key, value in source.state_dict().items() if key in wanted}
+
+
+class MMFusionModel(MMFusionPreTrainedModel):
+    """The two towers and the fusion module; returns the fused representation (`pooler_output`)."""
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__(config)
+        self.text_model = _tower_from_config(config.text_config)
+        self.vision_model = _tower_from_config(config.vision_config)
+        if config.fusion == "attention" and getattr(self.text_model, "pooler", None) is not None:
+            # Attention fusion reads the token states, not the pooler; an unused module would make DDP complain.
+            self.text_model.pooler = None
+        self.fusion = FUSION_MODULES[config.fusion](config)
+        self.post_init()
+        for tower, frozen in (
+            (self.text_model, config.freeze_text_encoder),
+            (self.vision_model, config.freeze_vision_encoder),
+        ):
+            if frozen:
+                tower.requires_grad_(False)
+
+    @property
+    def output_size(self) -> int:
+        return self.fusion.output_size
+
+    def train(self, mode: bool = True):
+        # Frozen towers stay in eval mode: no dropout noise and, above all, no BatchNorm statistics drifting away
+        # from the weights (which would also make precomputed image features stale).
+        super().train(mode)
+        if self.config.freeze_text_encoder:
+            self.text_model.eval()
+        if self.config.freeze_vision_encoder:
+            self.vision_model.eval()
+        return self
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vision tower's last hidden state: (B, C, H, W) for CNNs, (B, N, C) for ViT-like towers.
+
+        This is what `image_features=` accepts, so features of a frozen tower can be computed once and reused.
+        """
+        needs_grad = torch.is_grad_enabled() and not self.config.freeze_vision_encoder
+        with torch.set_grad_enabled(needs_grad):
+            return self.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MMFusionModelOutput | tuple:
+        if input_ids is None:
+            raise ValueError("input_ids are required (use the processor on the caption, even an empty one).")
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("Pass exactly one of `pixel_values` and `image_features` (precomputed features).")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if image_features is None:
+            image_features = self.get_image_features(pixel_values)
+        if self.training and self.config.modality_dropout > 0:
+            image_features, attention_mask = self._drop_modalities(image_features, attention_mask)
+
+        fusion_input = image_features
+        if self.config.fusion != "concat":
+            fusion_input = image_tokens_from_features(image_features, self.config.num_image_tokens)
+        output_flags = {}
+        if output_hidden_states:
+            output_flags["output_hidden_states"] = True
+        if output_attentions:
+            output_flags["output_attentions"] = True
+        outputs = self.fusion(self.text_model, input_ids, attention_mask, token_type_ids, fusion_input, **output_flags)
+        return outputs if return_dict is not False else outputs.to_tuple()
+
+    def _drop_modalities(self, image_features, attention_mask):
+        """Per example, with probability `modality_dropout`, blank the image features or cut the caption to [CLS]."""
+        batch_size = attention_mask.shape[0]
+        dropped = torch.rand(batch_size, device=attention_mask.device) < self.config.modality_dropout
+        drop_image = dropped & (torch.rand(batch_size, device=attention_mask.device) < 0.5)
+        drop_text = dropped & ~drop_image
+        keep_image = (~drop_image).to(image_features.dtype).view(batch_size, *([1] * (image_features.dim() - 1)))
+        attention_mask = attention_mask.clone()
+        attention_mask[drop_text, 1:] = 0
+        return image_features * keep_image, attention_mask
+
+
+class MMFusionForClassification(MMFusionPreTrainedModel):
+    """An mmfusion model with a linear classifier on the fused representation.
+
+    Single-label classification (cross-entropy, any `num_labels` >= 2), multi-label (BCE) or regression
+    (`num_labels=1`, MSE), chosen like transformers' `*ForSequenceClassification` via `config.problem_type`.
+    """
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mmfusion = MMFusionModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(self.mmfusion.output_size, config.num_labels)
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.mmfusion.get_image_features(pixel_values)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        outputs = self.mmfusion(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            image_features=image_features,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+MMFusionModel.register_for_auto_class("AutoModel")
+MMFusionForClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "MMFusionPreTrainedModel",
+    "MMFusionModel",
+    "MMFusionForClassification",
+    "MMFusionModelOutput",
+    "image_tokens_from_features",
+    "pool_image_features",
+]

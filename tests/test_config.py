@@ -1,0 +1,79 @@
+import json
+
+import pytest
+from tiny_models import tiny_config, tiny_text_config, tiny_vision_config
+from transformers import AutoConfig, BertConfig, ResNetConfig
+
+from mmfusion import MMFusionConfig
+
+
+def test_defaults_are_bert_base_and_resnet50_early_fusion():
+    config = MMFusionConfig()
+    assert isinstance(config.text_config, BertConfig) and config.text_config.hidden_size == 768
+    assert isinstance(config.vision_config, ResNetConfig) and config.vision_config.hidden_sizes[-1] == 2048
+    assert (config.fusion, config.num_image_tokens, config.image_size) == ("early", 49, 224)
+
+
+def _comparable(config):
+    values = config.to_dict()
+    values.pop("_name_or_path", None)  # where it was loaded from
+    return values
+
+
+@pytest.mark.parametrize("fusion", ["early", "concat", "attention"])
+def test_round_trip_dict_json_and_disk(fusion, tmp_path):
+    config = tiny_config(
+        fusion,
+        num_labels=3,
+        freeze_vision_encoder=True,
+        modality_dropout=0.2,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+    )
+    from_dict = MMFusionConfig.from_dict(config.to_dict())
+    from_json = MMFusionConfig.from_dict(json.loads(config.to_json_string()))
+    config.save_pretrained(tmp_path)
+    from_disk = AutoConfig.from_pretrained(tmp_path)
+    for loaded in (from_dict, from_json, from_disk):
+        assert isinstance(loaded, MMFusionConfig)
+        assert _comparable(loaded) == _comparable(config)
+        assert isinstance(loaded.text_config, BertConfig) and isinstance(loaded.vision_config, ResNetConfig)
+        assert loaded.id2label[2] == "positive" and loaded.label2id["neutral"] == 1
+
+
+def test_sub_configs_accept_plain_dicts():
+    config = MMFusionConfig(
+        text_config=tiny_text_config().to_dict(),
+        vision_config=tiny_vision_config().to_dict(),
+        num_image_tokens=4,
+        image_size=32,
+    )
+    assert config.text_config.hidden_size == 32 and config.vision_feature_size == 32
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fusion": "late"}, "Unknown fusion type 'late'"),
+        ({"num_image_tokens": 5}, "positive square"),
+        ({"num_image_tokens": 0}, "positive square"),
+        ({"num_image_tokens": 9}, "more image tokens than the vision tower's 2x2 feature grid"),
+        ({"fusion": "attention", "fusion_hidden_size": 30, "fusion_num_heads": 4}, "divisible by fusion_num_heads"),
+        ({"text_config": tiny_text_config(is_decoder=True)}, "bidirectional encoder"),
+        ({"modality_dropout": 1.0}, "modality_dropout"),
+    ],
+)
+def test_invalid_configs_fail_at_construction(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_text_hidden_size_must_split_into_heads():
+    text_config = tiny_text_config()
+    text_config.num_attention_heads = 5  # 32 is not divisible by 5
+    with pytest.raises(ValueError, match="hidden_size"):
+        tiny_config(text_config=text_config)
+
+
+def test_concat_fusion_ignores_token_grid_limits():
+    # concat fusion pools the whole grid, so num_image_tokens does not have to fit in it
+    assert tiny_config("concat", num_image_tokens=49).fusion == "concat"
