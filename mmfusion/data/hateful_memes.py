@@ -1,0 +1,198 @@
+"""The Hateful Memes layout (Kiela et al., 2020), as released.
+
+```
+data_dir/
+    img/01235.png, img/42953.png, ...
+    train.jsonl
+    dev_seen.jsonl, dev_unseen.jsonl, test_seen.jsonl, test_unseen.jsonl   # phase 2
+    dev.jsonl, test.jsonl                                                  # phase 1
+```
+
+Each line is `{"id": 42953, "img": "img/42953.png", "label": 0, "text": "its their character not their color that
+matters"}`. Every split file that exists becomes a split named after the file stem. Quirks of the real files that are
+handled here:
+
+- `img` is written `img/01235.png`, `/img/01235.png` or just `01235.png`: all resolve to `data_dir/img/01235.png`;
+- ids are kept as strings: `"01235"` keeps its leading zero, an int `42953` becomes `"42953"`;
+- test files come without labels: a split in which no line has a label gets label -1 everywhere (a labeled split
+  with a line missing its label is a bad row).
+
+Labels: 0 = `not_hateful`, 1 = `hateful`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import datasets
+
+from .builder import ImageTextBuilder, ImageTextConfig, build_dataset_dict
+from .cache_signature import files_signature
+from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .readers import read_jsonl
+from .rows import MISSING, RawRow, is_missing_label
+
+HATEFUL_MEMES_CLASS_NAMES = ["not_hateful", "hateful"]
+# Phase-2 names first, then the phase-1 names; this is also the order of the splits in the DatasetDict.
+HATEFUL_MEMES_SPLITS = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen", "dev", "test")
+
+
+def find_split_files(data_dir: str | os.PathLike) -> dict[str, str]:
+    """The known split files present in `data_dir`, as `{split name: path}`."""
+    data_dir = os.fspath(data_dir)
+    found = {}
+    for split in HATEFUL_MEMES_SPLITS:
+        path = os.path.join(data_dir, f"{split}.jsonl")
+        if os.path.isfile(path):
+            found[split] = path
+    return found
+
+
+def is_hateful_memes_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder with an `img/` subfolder and at least one known split file."""
+    return os.path.isdir(os.path.join(path, "img")) and bool(find_split_files(path))
+
+
+def resolve_image_path(data_dir: str, img: str) -> str:
+    """Resolve the `img` field of a line (`img/x.png`, `/img/x.png` or `x.png`) to a path inside `data_dir`.
+
+    Returns the first candidate that exists, or the most likely one (for the "not found" error).
+    """
+    if os.path.isabs(img) and os.path.isfile(img):
+        return img  # a genuinely absolute path, e.g. in a hand-made file
+    relative = img.replace("\\", "/").lstrip("/")  # "/img/x.png" is relative to the folder in the official files
+    if "/" in relative:
+        candidates = [os.path.join(data_dir, relative), os.path.join(data_dir, "img", os.path.basename(relative))]
+    else:
+        candidates = [os.path.join(data_dir, "img", relative), os.path.join(data_dir, relative)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    return candidates[0]
+
+
+def hateful_memes_signature(data_dir: str | os.PathLike) -> str:
+    """Signature (path, size, mtime_ns) of the split files and of every image they reference."""
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    paths = []
+    for path in find_split_files(data_dir).values():
+        paths.append(path)
+        for parsed in read_jsonl(path):
+            img = parsed.row.get("img") if parsed.row is not None else None
+            if isinstance(img, str) and img:
+                paths.append(resolve_image_path(data_dir, img))
+    return files_signature(paths)
+
+
+class HatefulMemes(ImageTextBuilder):
+    """`datasets` builder for a folder in the Hateful Memes layout (see the module docstring).
+
+    Args:
+        data_dir (`str` or `os.PathLike`):
+            The folder holding `img/` and the `*.jsonl` split files.
+        cache_dir (`str`, *optional*):
+            `datasets` cache directory (default: the `datasets` default cache).
+        on_bad_rows, max_image_pixels:
+            See `ImageTextConfig`.
+    """
+
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = ImageTextConfig
+
+    def __init__(self, *args, data_dir: str | os.PathLike | None = None, **kwargs):
+        if data_dir is None:
+            raise ValueError("HatefulMemes needs `data_dir`, the folder with img/ and the *.jsonl split files.")
+        data_dir = os.path.abspath(os.fspath(data_dir))
+        if not find_split_files(data_dir):
+            raise FileNotFoundError(
+                f"No Hateful Memes split file ({', '.join(s + '.jsonl' for s in HATEFUL_MEMES_SPLITS)}) in {data_dir}"
+            )
+        if kwargs.get("input_signature") is None:
+            kwargs["input_signature"] = hateful_memes_signature(data_dir)
+        super().__init__(*args, data_dir=data_dir, **kwargs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(HATEFUL_MEMES_CLASS_NAMES)
+
+    @property
+    def field_names(self) -> dict[str, str]:
+        return {"image": "img"}
+
+    def describe_source(self) -> str:
+        return f"Hateful Memes folder {self.config.data_dir}"
+
+    def _split_generators(self, dl_manager):
+        return [
+            datasets.SplitGenerator(name=split, gen_kwargs={"split": split, "path": path})
+            for split, path in find_split_files(self.config.data_dir).items()
+        ]
+
+    def _read_split(self, path: str) -> tuple[bool, Iterator[RawRow]]:
+        parsed_lines = read_jsonl(path)
+        labeled = any(p.row is not None and not is_missing_label(p.row.get("label", MISSING)) for p in parsed_lines)
+        return labeled, self._raw_rows(path, parsed_lines)
+
+    def _raw_rows(self, path: str, parsed_lines) -> Iterator[RawRow]:
+        for parsed in parsed_lines:
+            if parsed.problem is not None:
+                yield RawRow(file=path, line=parsed.line, id=parsed.guessed_id, problem=parsed.problem)
+                continue
+            row = parsed.row
+            img = row.get("img", MISSING)
+            problem = None
+            if isinstance(img, str) and img:
+                image = resolve_image_path(self.config.data_dir, img)
+            elif img is MISSING or img is None or img == "":
+                image = MISSING
+            else:
+                image, problem = MISSING, f"'img' must be a file name, got {img!r}"
+            yield RawRow(
+                file=path,
+                line=parsed.line,
+                id=row.get("id", MISSING),
+                image=image,
+                text=row.get("text", MISSING),
+                label=row.get("label", MISSING),
+                problem=problem,
+                image_field=img if isinstance(img, str) else None,
+            )
+
+
+def load_hateful_memes(
+    data_dir: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    on_bad_rows: str = "error",
+    report_path: str | os.PathLike | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    return_report: bool = False,
+):
+    """Load a Hateful Memes folder as a `DatasetDict` (`id`, `image`, `text`, `label`), cached by `datasets`.
+
+    Args:
+        data_dir (`str` or `os.PathLike`):
+            Folder with `img/` and the split files (`train.jsonl`, `dev_seen.jsonl`, ...).
+        cache_dir (`str`, *optional*):
+            `datasets` cache directory (default: `datasets`' default cache).
+        on_bad_rows (`str`, defaults to `"error"`):
+            `"error"`: raise `BadRowError` at the first bad row. `"skip"`: leave bad rows out and report them.
+        report_path (`str`, *optional*):
+            Also write the load report there (it always lives in the builder's cache dir as `load_report.json`).
+        max_image_pixels (`int`, *optional*):
+            Decompression-bomb guard: images with more pixels are bad rows.
+        return_report (`bool`, defaults to `False`):
+            Return `(dataset_dict, load_report)` instead of the `DatasetDict` alone.
+
+    Returns:
+        `datasets.DatasetDict` (or `(DatasetDict, LoadReport)`), one split per split file present.
+    """
+    builder = HatefulMemes(
+        data_dir=data_dir,
+        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+        on_bad_rows=on_bad_rows,
+        max_image_pixels=max_image_pixels,
+    )
+    dataset_dict, report = build_dataset_dict(builder, report_path=report_path)
+    return (dataset_dict, report) if return_report else dataset_dict

@@ -1,0 +1,233 @@
+"""Bad-row policy and the load report: no row is ever lost silently.
+
+By default (`on_bad_rows="error"`) the first bad row stops the load with a `BadRowError` naming the file, line and
+id. With the explicit opt-in `on_bad_rows="skip"`, bad rows are left out, and every one of them is listed in a
+`LoadReport`: logged as a warning (count and ids) and written as JSON. Builders store the report next to their cached
+Arrow files (`<builder cache dir>/load_report.json`), so a load served from the cache reports the same skipped rows
+again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+logger = logging.getLogger("mmfusion.data")
+
+ON_BAD_ROWS_CHOICES = ("error", "skip")
+REPORT_FILENAME = "load_report.json"
+# How many skipped ids the warning spells out; the report file always lists all of them.
+_MAX_IDS_IN_WARNING = 20
+
+
+class BadRowError(ValueError):
+    """A row of the input that cannot become a valid example.
+
+    Attributes:
+        reason (`str`): what is wrong.
+        file (`str`, *optional*): the file the row comes from (or a description of the in-memory source).
+        line (`int`, *optional*): 1-based line number in `file`.
+        row (`int`, *optional*): 0-based row index, for in-memory datasets (which have no lines).
+        id (`str`, *optional*): the row's id, when it could be read.
+        split (`str`, *optional*): the split being built.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        id: str | None = None,
+        split: str | None = None,
+    ):
+        self.reason = reason
+        self.file = file
+        self.line = line
+        self.row = row
+        self.id = id
+        self.split = split
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(str(self.file))
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        where.append(f"id {self.id!r}" if self.id is not None else "id unknown")
+        hint = " (pass on_bad_rows='skip' to skip bad rows and get a report of them)"
+        return f"{', '.join(where)}: {self.reason}{hint}"
+
+    def __reduce__(self):  # keyword-only arguments: make the error survive pickling (multiprocessing)
+        return (_rebuild_bad_row_error, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"split": self.split, "file": self.file, "line": self.line, "id": self.id, "reason": self.reason}
+        if self.row is not None:
+            data["row"] = self.row
+        return data
+
+
+def _rebuild_bad_row_error(data: dict[str, Any]) -> BadRowError:
+    return BadRowError(**data)
+
+
+def check_on_bad_rows(on_bad_rows: str) -> str:
+    """Validate the `on_bad_rows` option."""
+    if on_bad_rows not in ON_BAD_ROWS_CHOICES:
+        raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS_CHOICES}, got {on_bad_rows!r}")
+    return on_bad_rows
+
+
+def find_bad_row_error(error: BaseException | None) -> BadRowError | None:
+    """Return the `BadRowError` behind `error` (datasets wraps generator errors in `DatasetGenerationError`)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, BadRowError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@dataclass
+class SplitReport:
+    """What happened to the rows of one split."""
+
+    split: str
+    num_rows: int = 0
+    num_skipped: int = 0
+    num_empty_text: int = 0
+    num_unlabeled: int = 0
+    num_images_converted: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_skipped(self, error: BadRowError) -> None:
+        self.num_skipped += 1
+        self.skipped.append(error.to_dict())
+
+    def add_example(self, example: dict[str, Any], image_converted: bool) -> None:
+        self.num_rows += 1
+        self.num_empty_text += int(not example["text"].strip())
+        self.num_unlabeled += int(example["label"] == -1)
+        self.num_images_converted += int(image_converted)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SplitReport:
+        return cls(**data)
+
+
+@dataclass
+class LoadReport:
+    """Summary of a load: rows kept, skipped (with file, line, id and reason), empty captions, unlabeled rows.
+
+    Attributes:
+        source (`str`): what was loaded (folder, files or in-memory dataset).
+        on_bad_rows (`str`): the policy used.
+        splits (`dict[str, SplitReport]`): one report per split.
+        path (`str`, *optional*): where the report is saved as JSON.
+    """
+
+    source: str
+    on_bad_rows: str
+    splits: dict[str, SplitReport] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(split.num_skipped for split in self.splits.values())
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        return [row for split in self.splits.values() for row in split.skipped]
+
+    @property
+    def skipped_ids(self) -> list[str | None]:
+        return [row["id"] for row in self.skipped]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "on_bad_rows": self.on_bad_rows,
+            "num_skipped": self.num_skipped,
+            "splits": {name: asdict(split) for name, split in self.splits.items()},
+        }
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the report as JSON to `path` (creating folders) and remember the path."""
+        path = os.path.abspath(os.fspath(path))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp_path = f"{path}.tmp-{os.getpid()}"
+        with open(tmp_path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        os.replace(tmp_path, path)  # atomic: a reader never sees half a report
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LoadReport:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        splits = {name: SplitReport.from_dict(split) for name, split in data["splits"].items()}
+        return cls(
+            source=data["source"],
+            on_bad_rows=data["on_bad_rows"],
+            splits=splits,
+            path=os.path.abspath(os.fspath(path)),
+        )
+
+    def summary(self) -> str:
+        parts = []
+        for name, split in self.splits.items():
+            text = f"{name}: {split.num_rows} rows"
+            if split.num_skipped:
+                text += f", {split.num_skipped} skipped"
+            if split.num_empty_text:
+                text += f", {split.num_empty_text} empty captions"
+            if split.num_unlabeled:
+                text += f", {split.num_unlabeled} unlabeled"
+            parts.append(text)
+        return "; ".join(parts)
+
+    def log(self) -> None:
+        """Warn about skipped rows (count, ids, report path); otherwise log the summary at INFO level."""
+        if self.num_skipped:
+            ids = self.skipped_ids
+            shown = ", ".join(repr(i) for i in ids[:_MAX_IDS_IN_WARNING])
+            more = f" and {len(ids) - _MAX_IDS_IN_WARNING} more" if len(ids) > _MAX_IDS_IN_WARNING else ""
+            logger.warning(
+                "Skipped %d bad row(s) while loading %s (on_bad_rows='skip'): ids %s%s. Full report: %s",
+                self.num_skipped,
+                self.source,
+                shown,
+                more,
+                self.path,
+            )
+        else:
+            logger.info("Loaded %s: %s", self.source, self.summary())
+
+
+def merge_split_reports(directory: str | os.PathLike, split_names: list[str], *, source: str, on_bad_rows: str) -> str:
+    """Merge the per-split reports written by a builder into `directory/load_report.json`."""
+    report = LoadReport(source=source, on_bad_rows=on_bad_rows)
+    for name in split_names:
+        split_path = os.path.join(directory, split_report_filename(name))
+        with open(split_path, encoding="utf-8") as f:
+            report.splits[name] = SplitReport.from_dict(json.load(f))
+        os.remove(split_path)
+    return report.save(os.path.join(directory, REPORT_FILENAME))
+
+
+def split_report_filename(split: str) -> str:
+    return f"load_report.{split}.json"
