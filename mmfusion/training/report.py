@@ -1,0 +1,474 @@
+"""The evaluation report written after training: metrics, baselines, errors and the modality ablation.
+
+`write_eval_report(output_dir, label_names=..., predictions={split: SplitPredictions(...)}, ...)` writes
+
+- `eval_report.json`: for every labeled split its metrics, the random/majority baselines, a per-class table, the
+  confusion matrix (rows: true class, columns: predicted class), the modality ablation (metrics with the image
+  blanked / the caption emptied / both, see `mmfusion.ablation`) with a reading of which modality the model relies
+  on, and the most confident errors; for unlabeled splits only the number of examples and the predicted label
+  distribution. Strict JSON: undefined values (AUROC of a single-class split) are `null`.
+- `eval_report.md`: the same as markdown tables,
+- `confusion_matrix_<split>.png` for every labeled split and `training_curves.png` from the Trainer's
+  `log_history` (when given and not empty).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from ..ablation import ABLATIONS
+from .metrics import (
+    BINARY_METRICS,
+    MULTICLASS_METRICS,
+    baseline_metrics,
+    best_model_metric,
+    classification_metrics,
+    metric_key,
+    per_class_table,
+)
+from .plots import plot_confusion_matrix, plot_training_curves
+
+REPORT_JSON = "eval_report.json"
+REPORT_MARKDOWN = "eval_report.md"
+TRAINING_CURVES_PNG = "training_curves.png"
+# Reading of the ablation: the full model must beat chance by GAIN_MARGIN for the ablation to say anything; an
+# ablation that keeps >= KEEPS_MOST of the full model's gain over chance "barely matters", one that keeps
+# <= KEEPS_LITTLE of it removes what the model needs.
+GAIN_MARGIN = 0.02
+KEEPS_MOST = 0.9
+KEEPS_LITTLE = 0.5
+_ABLATION_WORDS = {
+    "full": "full input",
+    "image_blanked": "image blanked",
+    "text_emptied": "text emptied",
+    "both_blanked": "both blanked",
+}
+_RELIANCE_WORDS = {
+    "text": "relies on **the text**",
+    "image": "relies on **the image**",
+    "both": "needs **both modalities together**",
+    "either": "gets by with **either modality alone**",
+    "mixed": "uses **both modalities, leaning on one**",
+    "undetermined": "**undetermined**",
+}
+_MAX_TEXT_CHARS = 120
+
+
+@dataclass
+class SplitPredictions:
+    """A model's output on one split: `probabilities` (N, C) softmax output, `labels` (N,) with -1 = unlabeled."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+    def __post_init__(self):
+        self.ids = [str(i) for i in self.ids]
+        self.texts = ["" if t is None else str(t) for t in self.texts]
+        self.labels = np.asarray(self.labels).reshape(-1).astype(np.int64)
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
+        n = len(self.ids)
+        if len(self.texts) != n or self.labels.shape[0] != n or self.probabilities.ndim != 2:
+            raise ValueError(
+                f"SplitPredictions: {n} ids, {len(self.texts)} texts, {self.labels.shape[0]} labels and "
+                f"probabilities of shape {self.probabilities.shape}; expected N, N, N and (N, num_classes)"
+            )
+        if self.probabilities.shape[0] != n:
+            raise ValueError(f"SplitPredictions: {n} ids but {self.probabilities.shape[0]} rows of probabilities")
+
+    @property
+    def labeled(self) -> np.ndarray:
+        """Boolean mask of the labeled rows."""
+        return self.labels >= 0
+
+
+def _jsonable(value):
+    """Python scalars/lists/dicts only; NaN and infinities become None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _safe_file_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _distribution(classes: np.ndarray, label_names: Sequence[str]) -> dict[str, int]:
+    counts = np.bincount(classes, minlength=len(label_names)) if classes.size else np.zeros(len(label_names), int)
+    return {str(name): int(counts[i]) for i, name in enumerate(label_names)}
+
+
+def headline_metric_names(label_names: Sequence[str]) -> list[str]:
+    """The metrics shown in tables: the binary set, or accuracy, macro F1 and the per-class F1s."""
+    if len(label_names) == 2:
+        return list(BINARY_METRICS)
+    return [*MULTICLASS_METRICS, *(f"f1_{metric_key(name)}" for name in label_names)]
+
+
+def chance_level(metric: str, labels: np.ndarray, num_classes: int) -> float:
+    """What guessing scores on `metric`: 0.5 AUROC, the majority-class accuracy, or the expected macro F1 of
+    uniform random guesses (class c: precision = its share p_c, recall = 1/C, so F1_c = 2 p_c / (1 + C p_c))."""
+    labels = labels[labels >= 0]
+    shares = np.bincount(labels, minlength=num_classes) / max(labels.size, 1)
+    if metric == "auroc":
+        return 0.5
+    if metric == "macro_f1":
+        return float(np.mean(2 * shares / (1 + num_classes * shares)))
+    return float(shares.max())
+
+
+def modality_reliance(
+    ablation_metrics: dict[str, dict[str, float]],
+    agreement: dict[str, float],
+    labels: np.ndarray,
+    label_names: Sequence[str],
+    both_blanked_prediction: str | None = None,
+) -> dict:
+    """Read the ablation table: which modality does the model need?
+
+    The measure is the share of the full model's gain over chance that an ablation keeps,
+    `(ablated - chance) / (full - chance)`, on the task's headline metric (AUROC, or accuracy where AUROC is
+    undefined; macro F1 for multi-class). Returns `metric`, `chance`, `retained` per ablation, `agreement` (share of
+    predictions unchanged), `summary` (`"text"`, `"image"`, `"both"`, `"either"`, `"mixed"` or `"undetermined"`)
+    and human-readable `notes`.
+    """
+    full = ablation_metrics["full"]
+    metric = best_model_metric(len(label_names))
+    if metric == "auroc" and not all(math.isfinite(m.get("auroc", math.nan)) for m in ablation_metrics.values()):
+        metric = "accuracy"
+    chance = chance_level(metric, labels, len(label_names))
+    gain = full[metric] - chance
+    result = {"metric": metric, "chance": chance, "retained": {}, "agreement": dict(agreement), "notes": []}
+    notes = result["notes"]
+    if gain <= GAIN_MARGIN:
+        result["summary"] = "undetermined"
+        notes.append(
+            f"The full model is not clearly better than chance ({metric} {full[metric]:.3f} vs {chance:.3f}), "
+            "so the ablation cannot tell which modality it relies on."
+        )
+        return result
+    for name, metrics in ablation_metrics.items():
+        if name == "full":
+            continue
+        retained = (metrics[metric] - chance) / gain
+        result["retained"][name] = retained
+        unchanged = f", {agreement[name]:.0%} of predictions unchanged" if name in agreement else ""
+        notes.append(
+            f"{_ABLATION_WORDS.get(name, name).capitalize()}: {metric} {full[metric]:.3f} -> {metrics[metric]:.3f} "
+            f"(keeps {retained:.0%} of the gain over chance{unchanged})."
+        )
+    keeps_image = result["retained"].get("text_emptied")  # what is left when only the image remains
+    keeps_text = result["retained"].get("image_blanked")  # what is left when only the text remains
+    if keeps_text is None or keeps_image is None:
+        result["summary"] = "undetermined"
+        notes.append("Both single-modality ablations (image_blanked, text_emptied) are needed for a verdict.")
+    elif keeps_text >= KEEPS_MOST and keeps_image >= KEEPS_MOST:
+        result["summary"] = "either"
+        notes.append(
+            "Either modality alone keeps the model's score: each carries the label on its own (redundant cues), "
+            "or the evaluation data lets one modality stand in for the other."
+        )
+    elif keeps_text >= KEEPS_MOST:
+        result["summary"] = "text"
+        notes.append(
+            "Blanking the image leaves the metrics near the full model's: the model relies on the text and "
+            "largely ignores the image."
+        )
+    elif keeps_image >= KEEPS_MOST:
+        result["summary"] = "image"
+        notes.append(
+            "Emptying the text leaves the metrics near the full model's: the model relies on the image and "
+            "largely ignores the text."
+        )
+    elif keeps_text <= KEEPS_LITTLE and keeps_image <= KEEPS_LITTLE:
+        result["summary"] = "both"
+        notes.append(
+            "Removing either modality loses most of the gain: the model needs the image and the text together."
+        )
+    else:
+        result["summary"] = "mixed"
+        leaning = "text" if keeps_text > keeps_image else "image"
+        notes.append(f"The model uses both modalities but leans on the {leaning}.")
+    if both_blanked_prediction is not None:
+        notes.append(
+            f"With both inputs blanked every example looks the same; the model then predicts "
+            f"`{both_blanked_prediction}` (its prior)."
+        )
+    return result
+
+
+def _most_confident_errors(split: SplitPredictions, label_names: Sequence[str], count: int) -> list[dict]:
+    predicted = split.probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(split.labeled & (predicted != split.labels))
+    confidence = split.probabilities[wrong, predicted[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")][: max(count, 0)]
+    return [
+        {
+            "id": split.ids[i],
+            "text": split.texts[i],
+            "true_label": str(label_names[split.labels[i]]),
+            "predicted_label": str(label_names[predicted[i]]),
+            "probability": float(split.probabilities[i, predicted[i]]),
+            "true_label_probability": float(split.probabilities[i, split.labels[i]]),
+        }
+        for i in order
+    ]
+
+
+def _check_ablations(
+    ablations: dict[str, dict[str, np.ndarray]] | None, predictions: dict[str, SplitPredictions]
+) -> dict[str, dict[str, np.ndarray]]:
+    checked = {}
+    for split, by_name in (ablations or {}).items():
+        if split not in predictions:
+            raise ValueError(f"Ablations given for split {split!r}, which has no predictions.")
+        checked[split] = {}
+        for name, probabilities in by_name.items():
+            if name not in ABLATIONS:
+                raise ValueError(f"Unknown ablation {name!r}; expected one of {', '.join(ABLATIONS)}.")
+            probabilities = np.asarray(probabilities, dtype=np.float64)
+            if probabilities.shape != predictions[split].probabilities.shape:
+                raise ValueError(
+                    f"Ablation {name!r} of split {split!r} has probabilities of shape {probabilities.shape}, "
+                    f"expected {predictions[split].probabilities.shape}."
+                )
+            checked[split][name] = probabilities
+    return checked
+
+
+def split_report(
+    name: str,
+    split: SplitPredictions,
+    label_names: Sequence[str],
+    ablations: dict[str, np.ndarray] | None = None,
+    num_errors: int = 10,
+) -> dict:
+    """The report of one split (see the module docstring); no files written."""
+    if split.probabilities.shape[1] != len(label_names):
+        raise ValueError(
+            f"Split {name!r}: probabilities have {split.probabilities.shape[1]} columns for {len(label_names)} "
+            f"classes {list(label_names)}."
+        )
+    predicted = split.probabilities.argmax(axis=1)
+    report = {
+        "labeled": bool(split.labeled.any()),
+        "num_examples": len(split.ids),
+        "predicted_distribution": _distribution(predicted, label_names),
+    }
+    if not report["labeled"]:
+        return report
+    mask = split.labeled
+    labels = split.labels[mask]
+    report["num_labeled"] = int(mask.sum())
+    report["label_distribution"] = _distribution(labels, label_names)
+    report["metrics"] = classification_metrics(split.probabilities, split.labels, label_names)
+    report["baselines"] = baseline_metrics(split.labels, label_names)
+    report["per_class"] = per_class_table(split.probabilities, split.labels, label_names)
+    report["confusion_matrix"] = confusion_matrix(
+        labels, predicted[mask], labels=list(range(len(label_names)))
+    ).tolist()
+    if ablations:
+        table = {"full": report["metrics"]}
+        agreement = {}
+        for ablation in ABLATIONS:
+            if ablation == "full" or ablation not in ablations:
+                continue
+            table[ablation] = classification_metrics(ablations[ablation], split.labels, label_names)
+            agreement[ablation] = float((ablations[ablation].argmax(axis=1) == predicted).mean())
+        prior = None
+        if "both_blanked" in ablations:
+            counts = np.bincount(ablations["both_blanked"].argmax(axis=1), minlength=len(label_names))
+            prior = str(label_names[int(counts.argmax())])
+        report["ablations"] = table
+        report["modality_reliance"] = modality_reliance(table, agreement, split.labels, label_names, prior)
+    report["most_confident_errors"] = _most_confident_errors(split, label_names, num_errors)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4f}"
+    text = re.sub(r"\s+", " ", str(value)).strip()
+    if len(text) > _MAX_TEXT_CHARS:
+        text = text[: _MAX_TEXT_CHARS - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def ablation_markdown(split: dict, label_names: Sequence[str]) -> list[str]:
+    """The ablation table of one split's report entry and its reading, as markdown lines."""
+    headline = headline_metric_names(label_names)
+    reliance = split["modality_reliance"]
+    rows = []
+    for name, metrics in split["ablations"].items():
+        rows.append(
+            [
+                _ABLATION_WORDS.get(name, name),
+                *(metrics.get(key) for key in headline),
+                _percent(reliance["retained"].get(name, 1.0 if name == "full" else None)),
+                _percent(reliance["agreement"].get(name, 1.0 if name == "full" else None)),
+            ]
+        )
+    lines = markdown_table(["input", *headline, "gain over chance kept", "predictions unchanged"], rows)
+    lines += [
+        f"**Reading** (`{reliance['metric']}`, chance = {reliance['chance']:.3f}): "
+        f"{_RELIANCE_WORDS.get(reliance['summary'], reliance['summary'])}.",
+        "",
+    ]
+    return lines + [f"- {note}" for note in reliance["notes"]] + [""]
+
+
+def render_markdown(report: dict) -> str:
+    """`eval_report.md` from a report dict (as returned by `write_eval_report`)."""
+    label_names = report["label_names"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Classes: {', '.join(f'`{name}`' for name in label_names)}. Headline metric: `{report['primary_metric']}`.",
+        "",
+    ]
+    for split_name, split in report["splits"].items():
+        if not split["labeled"]:
+            lines += [f"## {split_name} (unlabeled, {split['num_examples']} examples)", ""]
+            lines += ["Predicted label distribution:", ""]
+            lines += markdown_table(["label", "predicted"], list(split["predicted_distribution"].items()))
+            continue
+        unlabeled = split["num_examples"] - split["num_labeled"]
+        extra = f", {unlabeled} unlabeled rows left out" if unlabeled else ""
+        lines += [f"## {split_name} ({split['num_labeled']} labeled examples{extra})", "", "### Metrics", ""]
+        rows = [[key, value] for key, value in split["metrics"].items()]
+        rows += [[f"baseline: {key}", value] for key, value in split["baselines"].items()]
+        lines += markdown_table(["metric", "value"], rows)
+        lines += ["### Per class", ""]
+        lines += markdown_table(
+            ["class", "precision", "recall", "f1", "support", "predicted"],
+            [
+                [row["label"], row["precision"], row["recall"], row["f1"], row["support"], predicted]
+                for row, predicted in zip(split["per_class"], split["predicted_distribution"].values())
+            ],
+        )
+        lines += ["### Confusion matrix (rows: true, columns: predicted)", ""]
+        lines += markdown_table(
+            ["true \\ predicted", *label_names],
+            [[name, *counts] for name, counts in zip(label_names, split["confusion_matrix"])],
+        )
+        if split.get("confusion_matrix_plot"):
+            lines += [f"![Confusion matrix, {split_name}]({split['confusion_matrix_plot']})", ""]
+        if "ablations" in split:
+            lines += ["### Modality ablation", ""]
+            lines += [
+                "The same model scored with one or both inputs removed (blank image = ImageNet-mean grey, empty "
+                "caption = `[CLS] [SEP]`). A modality whose removal leaves the metrics near the full model's is "
+                "one the model does not rely on.",
+                "",
+            ]
+            lines += ablation_markdown(split, label_names)
+        errors = split["most_confident_errors"]
+        lines += [f"### Most confident errors ({len(errors)})", ""]
+        if errors:
+            lines += markdown_table(
+                ["id", "text", "true", "predicted", "probability"],
+                [[e["id"], e["text"], e["true_label"], e["predicted_label"], e["probability"]] for e in errors],
+            )
+        else:
+            lines += ["No errors.", ""]
+    if report.get("training_curves_plot"):
+        lines += ["## Training curves", "", f"![Training curves]({report['training_curves_plot']})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_eval_report(
+    output_dir: str | Path,
+    *,
+    label_names: Sequence[str],
+    predictions: dict[str, SplitPredictions],
+    ablations: dict[str, dict[str, np.ndarray]] | None = None,
+    log_history: list[dict] | None = None,
+    num_errors: int = 10,
+) -> dict:
+    """Write `eval_report.json`, `eval_report.md` and the figures to `output_dir`; return the report dict.
+
+    `ablations[split][name]` are the same model's probabilities on `split` with the inputs of ablation `name`
+    (`image_blanked`, `text_emptied`, `both_blanked` from `mmfusion.ablation.ABLATIONS`; `full` is
+    `predictions[split]` and may be omitted). Ablations of an unlabeled split are ignored. The returned dict is what
+    `eval_report.json` holds (NaN as None).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    label_names = [str(name) for name in label_names]
+    ablations = _check_ablations(ablations, predictions)
+    report = {
+        "label_names": label_names,
+        "num_labels": len(label_names),
+        "primary_metric": best_model_metric(len(label_names)),
+        "splits": {},
+        "training_curves_plot": None,
+    }
+    for split_name, split in predictions.items():
+        split_ablations = {k: v for k, v in ablations.get(split_name, {}).items() if k != "full"}
+        entry = split_report(split_name, split, label_names, split_ablations, num_errors)
+        if entry["labeled"]:
+            filename = f"confusion_matrix_{_safe_file_part(split_name)}.png"
+            plot_confusion_matrix(
+                entry["confusion_matrix"], label_names, output_dir / filename, title=f"Confusion matrix: {split_name}"
+            )
+            entry["confusion_matrix_plot"] = filename
+        report["splits"][split_name] = entry
+    if log_history and plot_training_curves(log_history, output_dir / TRAINING_CURVES_PNG) is not None:
+        report["training_curves_plot"] = TRAINING_CURVES_PNG
+    report = _jsonable(report)
+    (output_dir / REPORT_JSON).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (output_dir / REPORT_MARKDOWN).write_text(render_markdown(report))
+    return report
+
+
+__all__ = [
+    "REPORT_JSON",
+    "REPORT_MARKDOWN",
+    "SplitPredictions",
+    "ablation_markdown",
+    "chance_level",
+    "headline_metric_names",
+    "markdown_table",
+    "modality_reliance",
+    "render_markdown",
+    "split_report",
+    "write_eval_report",
+]
