@@ -247,6 +247,9 @@ class MMFusionPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    # The loss is a per-batch mean; without this the Trainer sees `**kwargs` in forward, assumes the model averages
+    # over `num_items_in_batch` itself and multiplies the loss by the number of DDP processes.
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):

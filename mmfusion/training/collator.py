@@ -1,0 +1,102 @@
+"""Batches of prepared examples -> model inputs (runs in the DataLoader workers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .inputs import IMAGE_FEATURES, PIXELS
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class MMFusionCollator:
+    """Pads captions to the longest in the batch and turns cached images into `image_features` or `pixel_values`.
+
+    Args:
+        pad_token_id: the tokenizer's padding id.
+        image_mean, image_std, rescale_factor: the image processor's normalisation, applied to cached uint8 pixels.
+        pad_to_multiple_of: round the padded length up (8 suits tensor cores; 1 = no rounding).
+        blank_image / blank_text: the modality ablation: replace every image by `blank_image_input` (the blank
+            image's cached features or pixels) and/or every caption by `empty_text_ids` (see `mmfusion.ablation`).
+    """
+
+    pad_token_id: int
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    rescale_factor: float = 1 / 255
+    pad_to_multiple_of: int = 1
+    blank_image: bool = False
+    blank_text: bool = False
+    blank_image_input: np.ndarray | None = None
+    empty_text_ids: tuple[int, ...] | None = None
+
+    @classmethod
+    def for_processor(cls, processor, **kwargs) -> MMFusionCollator:
+        image_processor = processor.image_processor
+        return cls(
+            pad_token_id=processor.tokenizer.pad_token_id,
+            image_mean=tuple(image_processor.image_mean),
+            image_std=tuple(image_processor.image_std),
+            rescale_factor=image_processor.rescale_factor,
+            empty_text_ids=tuple(processor.tokenizer("")["input_ids"]),
+            **kwargs,
+        )
+
+    def ablated(self, blank_image: bool, blank_text: bool, blank_image_input: np.ndarray | None = None):
+        if blank_image and blank_image_input is None and self.blank_image_input is None:
+            raise ValueError("Blanking images needs the blank image's cached input (`blank_image_input`).")
+        return replace(
+            self,
+            blank_image=blank_image,
+            blank_text=blank_text,
+            blank_image_input=blank_image_input if blank_image_input is not None else self.blank_image_input,
+        )
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self._pad_text(rows)
+        first = rows[0]
+        if IMAGE_FEATURES in first:
+            batch[IMAGE_FEATURES] = self._stack(rows, IMAGE_FEATURES).float()
+        elif PIXELS in first:
+            batch["pixel_values"] = self._normalise(self._stack(rows, PIXELS))
+        else:
+            raise KeyError(f"Rows need {IMAGE_FEATURES!r} or {PIXELS!r}; got {sorted(first)}")
+        labels = [int(row["label"]) for row in rows] if "label" in first else []
+        if labels and min(labels) >= 0:  # unlabeled rows (-1) get no loss
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
+
+    def _pad_text(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.blank_text:
+            empty = list(self.empty_text_ids)
+            captions = [{"input_ids": empty, "attention_mask": [1] * len(empty), "token_type_ids": [0] * len(empty)}]
+            captions = captions * len(rows)
+        else:
+            captions = rows
+        keys = [key for key in _TEXT_KEYS if key in captions[0]]
+        longest = max(len(caption["input_ids"]) for caption in captions)
+        length = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {}
+        for key in keys:
+            fill = self.pad_token_id if key == "input_ids" else 0
+            padded = np.full((len(captions), length), fill, dtype=np.int64)
+            for index, caption in enumerate(captions):
+                values = caption[key]
+                padded[index, : len(values)] = values
+            batch[key] = torch.from_numpy(padded)
+        return batch
+
+    def _stack(self, rows: list[dict], key: str) -> torch.Tensor:
+        if self.blank_image:
+            stacked = np.broadcast_to(self.blank_image_input, (len(rows), *self.blank_image_input.shape))
+            return torch.from_numpy(np.ascontiguousarray(stacked))
+        return torch.from_numpy(np.stack([np.asarray(row[key]) for row in rows]))
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.image_mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.image_std).view(1, -1, 1, 1)
+        return (pixels.float() * self.rescale_factor - mean) / std
