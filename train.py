@@ -193,9 +193,9 @@ def print_metrics_table(results: dict[str, float]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=training_args.get_process_log_level()
-    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.WARNING)
+    # This script's own progress messages on the main process; transformers stays at its --log_level.
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
 
@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> dict:
             if checkpoint:
                 logger.info("Resuming from the last checkpoint in the output folder: %s", checkpoint)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        print(
+            f"[rank {training_args.process_index}/{training_args.world_size}] trained "
+            f"{trainer.state.global_step} steps on {len(trainer.train_dataset)} examples",
+            flush=True,
+        )
         trainer.save_model()  # the best model (load_best_model_at_end), with processor and remote code
         trainer.save_state()
         results.update({f"train_{k.removeprefix('train_')}": v for k, v in train_result.metrics.items()})

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -117,7 +118,8 @@ TRAINING_DEFAULTS = {
     "load_best_model_at_end": True,
     "logging_steps": 10,
     "report_to": "none",
-    "remove_unused_columns": False,
+    "remove_unused_columns": False,  # the collator builds exactly the model inputs
+    "dataloader_pin_memory": torch.cuda.is_available(),
     "seed": 42,
 }
 
