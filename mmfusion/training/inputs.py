@@ -53,9 +53,17 @@ def _settings_fingerprint(settings: dict) -> str:
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
+    """What decides the token ids: vocabulary, normalisation, splitting, special tokens.
+
+    Not the serialised tokenizer as a whole: it also holds the truncation/padding state that the last call left.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocabulary = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(vocabulary.encode()).hexdigest()
+    if backend is None:
+        return _settings_fingerprint(tokenizer.get_vocab())
+    definition = json.loads(backend.to_str())
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    return _settings_fingerprint(definition)
 
 
 def _map_cached(dataset: Dataset, function, *, fingerprint: str, cache_dir: Path | None, **map_kwargs) -> Dataset:
@@ -223,7 +231,9 @@ def prepare_model_inputs(
         )
     else:
         dataset = resize_images(dataset, processor.image_processor, cache_dir=cache_dir)
-    return dataset.with_format("numpy")
+    # dtype=None keeps the stored dtypes (uint8 pixels stay uint8); the numpy formatter's default widens every
+    # integer array to int64, 8x the bytes per batch.
+    return dataset.with_format("numpy", dtype=None)
 
 
 __all__ = [
