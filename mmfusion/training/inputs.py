@@ -120,7 +120,9 @@ def encode_images(
 
     def features_of(images) -> np.ndarray:
         pixel_values = image_processor([to_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
-        return model.get_image_features(pixel_values.to(device)).float().cpu().numpy()
+        # channels-last: oneDNN's fast convolution layout on CPU (about a quarter faster on resnet18), fine on GPU
+        pixel_values = pixel_values.to(device).contiguous(memory_format=torch.channels_last)
+        return model.get_image_features(pixel_values).float().cpu().numpy()
 
     feature_shape = _feature_map_shape(features_of, model.config.image_size)
     fingerprint = Hasher.hash(
