@@ -3,10 +3,10 @@
 import csv
 import json
 import logging
-import os
 
 import datasets
 import pytest
+from data_files import write_image, write_jsonl
 from PIL import Image
 
 from mmfusion.data import (
@@ -18,17 +18,6 @@ from mmfusion.data import (
 )
 
 COLORS = {"negative": (200, 0, 0), "neutral": (0, 200, 0), "positive": (0, 0, 200)}
-
-
-def write_image(path, size=(16, 12), color=(10, 20, 30), mode="RGB"):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.new(mode, size, color).save(path)
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
 
 
 def write_csv(path, header, rows):

@@ -5,20 +5,10 @@ import logging
 import os
 
 import pytest
+from data_files import write_image, write_jsonl
 from PIL import Image
 
 from mmfusion.data import BadRowError, HatefulMemes, LoadReport, load_hateful_memes, load_image_text_dataset
-
-
-def write_image(path, size=(24, 16), color=(200, 30, 30), mode="RGB"):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.new(mode, size, color).save(path)
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
 
 
 @pytest.fixture
