@@ -1,0 +1,37 @@
+"""Inference and deployment for mmfusion checkpoints.
+
+- `MMFusionPredictor`: classify pairs, batches and whole files on PyTorch or ONNX Runtime;
+- `predict(...)`: the same in one call (`mmfusion-predict` on the command line);
+- `export_onnx(...)` / `quantize_int8(...)`: `model.onnx` (+ `model_int8.onnx`) with processor files
+  (`mmfusion-export` on the command line);
+- `modality_report(...)`: which modality drove a decision (the demo app's explanation).
+
+Note: `mmfusion.inference.predict` is the convenience *function*; the command-line module of the same name is
+`mmfusion/inference/predict.py` (`python -m mmfusion.inference.predict`).
+"""
+
+from .backends import INT8_ONNX_FILENAME, ONNX_FILENAME, OnnxBackend, TorchBackend
+from .export import ExportInfo, export_onnx
+from .images import ImageCheckError, load_image
+from .modality import ModalityReport, modality_report
+from .predict import predict
+from .predictor import MMFusionPredictor
+from .quantization import quantize_int8
+from .results import FilePredictions
+
+__all__ = [
+    "ExportInfo",
+    "FilePredictions",
+    "INT8_ONNX_FILENAME",
+    "ImageCheckError",
+    "MMFusionPredictor",
+    "ModalityReport",
+    "ONNX_FILENAME",
+    "OnnxBackend",
+    "TorchBackend",
+    "export_onnx",
+    "load_image",
+    "modality_report",
+    "predict",
+    "quantize_int8",
+]

@@ -1,0 +1,178 @@
+"""`mmfusion-predict`: classify one (image, caption) pair or a whole file, from the command line.
+
+```
+mmfusion-predict CHECKPOINT --image meme.png --text "look at this sun"          # prints JSON
+mmfusion-predict CHECKPOINT --input data/hateful_memes --split test_unseen --output submission.csv
+mmfusion-predict EXPORT_DIR --backend onnx --input test.jsonl --output predictions.json
+```
+
+Also home of `predict(...)`, the one-call Python convenience (`mmfusion.inference.predict`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import BACKENDS, ONNX_FILENAME
+from .images import ImageCheckError, ImageInput
+from .predictor import MMFusionPredictor
+from .results import OUTPUT_FORMATS, FilePredictions
+
+
+def predict(
+    checkpoint: str | os.PathLike,
+    image: ImageInput | None = None,
+    text: str | None = None,
+    *,
+    input: str | os.PathLike | None = None,
+    split: str | None = None,
+    backend: str = "torch",
+    **options,
+) -> dict[str, Any] | FilePredictions:
+    """Load `checkpoint` and classify one pair (`image`, `text`) or every row of `input`.
+
+    A convenience for one-off calls: it loads the model each time. Keep an `MMFusionPredictor` to classify repeatedly.
+
+    Args:
+        checkpoint: checkpoint folder or Hub id (`backend="torch"`), or export folder (`backend="onnx"`).
+        image, text: one pair (see `MMFusionPredictor.predict`).
+        input: instead of a pair, a dataset to predict (see `MMFusionPredictor.predict_file`).
+        split: the split of `input`.
+        backend: `"torch"` or `"onnx"`.
+        options: `device`, `batch_size`, `onnx_file` go to `from_pretrained`; the rest (`on_bad_rows`, `report_path`,
+            `progress`, `cache_dir`, ...) to `predict_file`.
+
+    Returns:
+        The record of `MMFusionPredictor.predict` for a pair, `FilePredictions` for an input file.
+
+    Example:
+
+    ```python
+    >>> from mmfusion.inference import predict
+    >>> predict("outputs/demo-early-fusion", "meme.png", "look at this sun")["label"]
+    'hateful'
+    ```
+    """
+    if (input is None) == (image is None):
+        raise ValueError("Pass either an image (with its text) or an input file/folder, not both or neither.")
+    loading = {key: options.pop(key) for key in ("device", "batch_size", "onnx_file") if key in options}
+    predictor = MMFusionPredictor.from_pretrained(checkpoint, backend=backend, **loading)
+    if image is not None:
+        if options:
+            raise TypeError(f"Options for input files only: {', '.join(options)}")
+        return predictor.predict(image, text)
+    return predictor.predict_file(input, split=split, **options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmfusion-predict",
+        description="Classify (image, caption) pairs with an mmfusion checkpoint or ONNX export.",
+        epilog="Bad rows of --input stop with an error naming file, line and id, unless --on-bad-rows skip.",
+    )
+    parser.add_argument(
+        "checkpoint", help="checkpoint folder or Hub id (or an mmfusion-export folder for --backend onnx)"
+    )
+    pair = parser.add_argument_group("one pair")
+    pair.add_argument("--image", help="image file")
+    pair.add_argument("--text", help="its caption (use --text '' for none)")
+    data = parser.add_argument_group("a file or folder")
+    data.add_argument("--input", help="Hateful-Memes-layout folder, .jsonl/.csv/.tsv file, or 'demo'")
+    data.add_argument("--split", help="split to predict (e.g. test_unseen); needed when the input has several")
+    data.add_argument("--on-bad-rows", choices=("error", "skip"), default="error", help="default: error")
+    data.add_argument("--report", help="also write the load report (skipped rows) to this JSON file")
+    data.add_argument("--cache-dir", help="datasets cache directory for the loaded input")
+    data.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--output", help="write predictions to a .csv (challenge format) or .json file; default: stdout"
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="default: torch")
+    parser.add_argument(
+        "--onnx-file", default=ONNX_FILENAME, help="graph to run with --backend onnx (model_int8.onnx)"
+    )
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.image is None) == (args.input is None):
+        parser.error("give either --image (with --text) or --input")
+    if args.image is not None and args.text is None:
+        parser.error("--image needs --text (use --text '' for an image without caption)")
+    if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
+        parser.error(f"--output must end in one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    from ..data import BadRowError  # after parsing: --help stays fast
+
+    try:
+        predictor = MMFusionPredictor.from_pretrained(
+            args.checkpoint,
+            backend=args.backend,
+            device=args.device,
+            batch_size=args.batch_size,
+            **({"onnx_file": args.onnx_file} if args.backend == "onnx" else {}),
+        )
+        if args.image is not None:
+            write_pair(predictor.predict(args.image, args.text), Path(args.image).stem, args.output)
+        else:
+            load_options = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+            predictions = predictor.predict_file(
+                args.input,
+                split=args.split,
+                on_bad_rows=args.on_bad_rows,
+                report_path=args.report,
+                progress=not args.no_progress,
+                **load_options,
+            )
+            write_file_predictions(predictions, args.output)
+    except (BadRowError, ImageCheckError, OSError, ValueError) as error:  # OSError: no such checkpoint/file
+        print(f"mmfusion-predict: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_pair(record: dict[str, Any], example_id: str, output: str | None) -> None:
+    """Print the record as JSON; with `output`, write it there instead (JSON, or a one-row challenge CSV)."""
+    if output is None:
+        print(json.dumps(record, indent=2))
+        return
+    if Path(output).suffix.lower() == ".json":
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    else:
+        names = list(record["probabilities"])
+        probabilities = [[record["probabilities"][name] for name in names]]
+        FilePredictions(ids=[example_id], probabilities=np.asarray(probabilities), label_names=names).to_csv(output)
+    print(f"Wrote {output}", file=sys.stderr)
+
+
+def write_file_predictions(predictions: FilePredictions, output: str | None) -> None:
+    """Write to `output` (.csv or .json), or the challenge-format CSV to stdout; report skipped rows on stderr."""
+    if output is None:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(predictions.columns())
+        writer.writerows(predictions.rows())
+    else:
+        predictions.save(output)
+        print(f"Wrote {len(predictions)} predictions ({predictions.split}) to {output}", file=sys.stderr)
+    if predictions.skipped_ids:
+        where = f" (report: {predictions.report.path})" if getattr(predictions.report, "path", None) else ""
+        print(f"Skipped {len(predictions.skipped_ids)} bad rows{where}: {predictions.skipped_ids}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""`MMFusionPredictor`: image+caption in, class probabilities out, on PyTorch or ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backends import (
+    BACKENDS,
+    ONNX_FILENAME,
+    InferenceBackend,
+    OnnxBackend,
+    TorchBackend,
+    resolve_model_folder,
+)
+from .images import ImageInput, load_image
+from .results import FilePredictions, prediction_record
+
+
+def label_names_from_config(config) -> list[str]:
+    """Class names in class-id order (`config.id2label` may have int or str keys after a JSON round trip)."""
+    id2label = {int(index): name for index, name in config.id2label.items()}
+    return [id2label[index] for index in range(len(id2label))]
+
+
+def logits_to_probabilities(logits: np.ndarray, problem_type: str | None) -> np.ndarray:
+    """Softmax over classes; independent sigmoids for multi-label models."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if problem_type == "multi_label_classification":
+        return 1.0 / (1.0 + np.exp(-logits))
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+class MMFusionPredictor:
+    r"""
+    Classify (image, caption) pairs with an mmfusion checkpoint, in batches.
+
+    Build it with `MMFusionPredictor.from_pretrained`; the constructor takes already-loaded parts.
+
+    Args:
+        backend (`TorchBackend` or `OnnxBackend`):
+            Runs the model on processed batches.
+        processor (`MMFusionProcessor`):
+            Turns images and captions into model inputs.
+        config (`MMFusionConfig`):
+            The checkpoint's config (class names, problem type, image size).
+        batch_size (`int`, *optional*, defaults to 32):
+            Pairs per model call in `predict_batch` and `predict_file`.
+
+    Example:
+
+    ```python
+    >>> from mmfusion.inference import MMFusionPredictor
+    >>> predictor = MMFusionPredictor.from_pretrained("outputs/demo-early-fusion")
+    >>> predictor.predict("meme.png", "look at this sun")
+    {'label': 'hateful', 'label_id': 1, 'probabilities': {'not_hateful': 0.02, 'hateful': 0.98}}
+    >>> predictions = predictor.predict_file("data/hateful_memes", split="test_unseen")
+    >>> predictions.to_csv("submission.csv")
+    ```
+    """
+
+    def __init__(self, backend: InferenceBackend, processor, config, batch_size: int = 32):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.backend = backend
+        self.processor = processor
+        self.config = config
+        self.batch_size = batch_size
+        self.label_names = label_names_from_config(config)
+        if len(self.label_names) < 2:
+            raise ValueError("MMFusionPredictor classifies; this checkpoint has fewer than two classes (regression?).")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike,
+        backend: str = "torch",
+        device: str | None = None,
+        batch_size: int = 32,
+        *,
+        onnx_file: str = ONNX_FILENAME,
+        providers: Sequence[str] | None = None,
+        session_options=None,
+        **model_kwargs,
+    ) -> MMFusionPredictor:
+        r"""
+        Load a predictor from a checkpoint folder or Hub id (`backend="torch"`) or an export folder (`"onnx"`).
+
+        Args:
+            path_or_hub_id (`str` or `os.PathLike`):
+                `backend="torch"`: a checkpoint saved with `save_pretrained` (weights, config, processor files), local
+                or on the Hub. `backend="onnx"`: a folder written by `mmfusion-export` (local or on the Hub).
+            backend (`str`, *optional*, defaults to `"torch"`):
+                `"torch"` or `"onnx"` (ONNX Runtime).
+            device (`str`, *optional*):
+                `"cpu"`, `"cuda"`, ... Default: CUDA when available, else CPU.
+            batch_size (`int`, *optional*, defaults to 32):
+                Pairs per model call.
+            onnx_file (`str`, *optional*, defaults to `"model.onnx"`):
+                Which graph of the export folder to run; `"model_int8.onnx"` for the int8-quantized one.
+            providers, session_options:
+                Passed to `onnxruntime.InferenceSession` (`backend="onnx"` only).
+            model_kwargs:
+                Passed to `AutoModelForSequenceClassification.from_pretrained` (`backend="torch"` only), e.g.
+                `revision=`, `dtype=`.
+        """
+        from transformers import AutoConfig, AutoProcessor
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "torch":
+            engine = TorchBackend.from_pretrained(path_or_hub_id, device=device, **model_kwargs)
+            config, source = engine.config, os.fspath(path_or_hub_id)
+        else:
+            folder = resolve_model_folder(path_or_hub_id)
+            engine = OnnxBackend(
+                folder / onnx_file, device=device, providers=providers, session_options=session_options
+            )
+            config, source = AutoConfig.from_pretrained(folder, trust_remote_code=True), folder
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+        return cls(engine, processor, config, batch_size=batch_size)
+
+    # ------------------------------------------------------------------------------------------------ pairs
+
+    def predict(self, image: ImageInput, text: str | None) -> dict[str, Any]:
+        """Classify one pair.
+
+        Args:
+            image: a PIL image (any mode), an image file path, encoded bytes or a uint8 array.
+            text (`str`): the caption; `""` (or `None`) for none.
+
+        Returns:
+            `{"label": name, "label_id": int, "probabilities": {name: probability}}`.
+
+        Raises:
+            `ImageCheckError`: the image file is missing, unreadable or too large (the message names it).
+        """
+        return self.predict_batch([image], [text])[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], texts: Sequence[str | None]) -> list[dict[str, Any]]:
+        """Classify pairs `(images[i], texts[i])`, `batch_size` at a time; one record (see `predict`) per pair."""
+        probabilities = self.predict_probabilities(images, texts)
+        return [prediction_record(row, self.label_names) for row in probabilities]
+
+    def predict_probabilities(
+        self, images: Sequence[ImageInput], texts: Sequence[str | None], *, progress: bool = False
+    ) -> np.ndarray:
+        """`(len(images), num_labels)` class probabilities for the pairs, computed `batch_size` at a time."""
+        if len(images) != len(texts):
+            raise ValueError(f"Got {len(images)} images but {len(texts)} captions; pass one caption per image.")
+        chunks = []
+        with tqdm(total=len(images), unit="pair", disable=not progress, desc="Predicting") as bar:
+            for start in range(0, len(images), self.batch_size):
+                stop = start + self.batch_size
+                chunks.append(self._probabilities(images[start:stop], texts[start:stop]))
+                bar.update(len(chunks[-1]))
+        if not chunks:
+            return np.zeros((0, len(self.label_names)))
+        return np.concatenate(chunks)
+
+    def _probabilities(self, images: Sequence[ImageInput], texts: Sequence[str | None]) -> np.ndarray:
+        pil_images = [load_image(image) for image in images]
+        captions = ["" if text is None else str(text) for text in texts]
+        inputs = self.processor(images=pil_images, text=captions, return_tensors=self.backend.return_tensors)
+        return logits_to_probabilities(self.backend.logits(inputs), getattr(self.config, "problem_type", None))
+
+    # ------------------------------------------------------------------------------------------------ files
+
+    def predict_file(
+        self,
+        source,
+        split: str | None = None,
+        on_bad_rows: str = "error",
+        *,
+        report_path: str | os.PathLike | None = None,
+        progress: bool = True,
+        **load_options,
+    ) -> FilePredictions:
+        r"""
+        Predict every row of one split of a dataset, in file order.
+
+        The input is loaded with `mmfusion.data.load_image_text_dataset`, so every format it reads works here and
+        bad rows follow its rules.
+
+        Args:
+            source:
+                A Hateful-Memes-layout folder, a `.jsonl`/`.csv`/`.tsv` file, `"demo"`, or a `datasets`
+                `Dataset`/`DatasetDict` (see `load_image_text_dataset`).
+            split (`str`, *optional*):
+                The split to predict (`"test_unseen"`, `"test"`, ...). Required when the source has several.
+            on_bad_rows (`str`, *optional*, defaults to `"error"`):
+                `"error"`: a bad row (missing or unreadable image, malformed line, ...) raises `BadRowError` naming
+                its file, line and id. `"skip"`: bad rows are left out and listed in the load report
+                (`FilePredictions.report`, and `report_path` when given).
+            report_path (`str`, *optional*):
+                Where to also write the load report as JSON.
+            progress (`bool`, *optional*, defaults to `True`):
+                Show a tqdm progress bar.
+            load_options:
+                Passed to `load_image_text_dataset` (`cache_dir`, `text_column`, `image_column`, ...).
+
+        Returns:
+            `FilePredictions`: ids, probabilities and predicted labels; `.to_csv(path)` writes the challenge format.
+        """
+        from ..data import load_image_text_dataset
+
+        dataset_dict, report = load_image_text_dataset(
+            source, on_bad_rows=on_bad_rows, return_report=True, **load_options
+        )
+        if report_path is not None:  # saved here rather than by the loader: not every loader takes `report_path`
+            report.save(report_path)
+        split = choose_split(dataset_dict, split, source)
+        predictions = self.predict_dataset(dataset_dict[split], progress=progress, description=f"Predicting {split}")
+        predictions.split, predictions.report = split, report
+        return predictions
+
+    def predict_dataset(self, dataset, *, progress: bool = True, description: str = "Predicting") -> FilePredictions:
+        """Predict a `datasets.Dataset` with `id`, `image` and `text` columns (and optionally `label`)."""
+        chunks = []
+        with tqdm(total=len(dataset), unit="pair", disable=not progress, desc=description) as bar:
+            for batch in dataset.iter(batch_size=self.batch_size):
+                chunks.append(self._probabilities(batch["image"], batch["text"]))
+                bar.update(len(batch["id"]))
+        probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(self.label_names)))
+        labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
+        return FilePredictions(
+            ids=[str(i) for i in dataset["id"]],
+            probabilities=probabilities,
+            label_names=list(self.label_names),
+            true_labels=labels,
+        )
+
+    def __repr__(self) -> str:
+        engine = type(self.backend).__name__
+        return f"{type(self).__name__}(backend={engine}, labels={self.label_names}, batch_size={self.batch_size})"
+
+
+def choose_split(dataset_dict, split: str | None, source) -> str:
+    """The split to predict: `split` when given (checked), else the only split there is."""
+    available = list(dataset_dict)
+    if split is not None:
+        if split not in dataset_dict:
+            raise ValueError(f"{source} has no split {split!r}; available: {', '.join(available)}.")
+        return split
+    if len(available) == 1:
+        return available[0]
+    raise ValueError(f"{source} has several splits ({', '.join(available)}); choose one with split= (--split).")

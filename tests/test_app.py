@@ -1,0 +1,101 @@
+"""The Gradio demo: importable without launching, a clear message without a checkpoint, and a real round trip."""
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from gradio_client import Client, handle_file
+
+from mmfusion.inference import MMFusionPredictor, modality_report
+
+
+@pytest.fixture(scope="module")
+def app_module(repo_root):
+    spec = importlib.util.spec_from_file_location("mmfusion_demo_app", repo_root / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # builds and launches nothing
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, log_path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"app.py exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"app.py did not answer on {url} within {timeout:.0f} s:\n{log_path.read_text()}")
+
+
+def test_missing_default_checkpoint_says_to_train_first(app_module, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no outputs/demo-early-fusion here
+    monkeypatch.delenv("MMFUSION_CHECKPOINT", raising=False)
+    assert app_module.resolve_checkpoint(None) == "outputs/demo-early-fusion"
+    assert app_module.main([]) == 2
+    assert "run `python train.py` first" in capsys.readouterr().err
+
+    monkeypatch.setenv("MMFUSION_CHECKPOINT", str(tmp_path / "elsewhere"))
+    assert app_module.resolve_checkpoint(None) == str(tmp_path / "elsewhere")
+    assert app_module.resolve_checkpoint("given") == "given"
+    with pytest.raises(app_module.CheckpointNotFoundError, match="elsewhere"):
+        app_module.load_predictor(str(tmp_path / "elsewhere"))
+
+
+def test_build_demo_exposes_the_classify_endpoint(app_module, trained_demo_checkpoint):
+    demo = app_module.build_demo(MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path))
+    assert "/classify" in demo.get_api_info()["named_endpoints"]
+
+
+def test_served_app_answers_a_gradio_client_with_a_real_image(trained_demo_checkpoint, repo_root, tmp_path):
+    example = trained_demo_checkpoint.dataset["test"][0]
+    image_path = tmp_path / f"{example['id']}.png"
+    example["image"].save(image_path)
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MMFUSION_CHECKPOINT": ""}
+    log_path = tmp_path / "app.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(repo_root / "app.py"), "--checkpoint", str(trained_demo_checkpoint.path),
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_serving(url, process, log_path)
+        client = Client(url, verbose=False)
+        label, table, verdict = client.predict(handle_file(str(image_path)), example["text"], api_name="/classify")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode is not None
+
+    predictor = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path)
+    expected = modality_report(predictor, image_path, example["text"])
+    names = predictor.label_names
+    assert label["label"] == expected.predicted_label == names[example["label"]]  # the trained model is right here
+    confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
+    assert confidences == pytest.approx(expected.probabilities["full"], abs=1e-5)
+    assert table["headers"] == ["input", *names]
+    assert [row[0] for row in table["data"]] == ["image + caption", "image blanked", "caption emptied", "both removed"]
+    for row, probabilities in zip(table["data"], expected.probabilities.values()):
+        assert row[1:] == pytest.approx([probabilities[name] for name in names], abs=1e-3)
+    assert verdict == expected.explanation

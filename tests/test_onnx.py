@@ -1,0 +1,115 @@
+"""ONNX export (every fusion type) against PyTorch, the ONNX predictor backend, and int8 quantization on a trained model."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from tiny_models import tiny_model, tiny_processor
+from transformers import AutoModelForSequenceClassification, AutoProcessor
+
+from mmfusion.inference import INT8_ONNX_FILENAME, ONNX_FILENAME, MMFusionPredictor, OnnxBackend, export_onnx
+from mmfusion.inference.export import main as export_main
+
+FUSIONS = ["early", "concat", "attention"]
+BATCH_SIZES = [1, 3, 8]
+CAPTIONS = {
+    "short": ["hi"],
+    "long": ["the dog barks at the mailman and the cat sits on the mat looking at this breathtaking sunset " * 2],
+}
+
+
+def random_images(count: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, size=(40, 36, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def graph_input_shapes(path) -> dict[str, list]:
+    """Input name -> dims, a dim being its symbolic name (str) when dynamic, else its size."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        node.name: [dim.dim_param or dim.dim_value for dim in node.type.tensor_type.shape.dim] for node in graph.input
+    }
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_export_matches_pytorch_for_every_batch_size_and_caption_length(fusion, tmp_path):
+    checkpoint, exported = tmp_path / "checkpoint", tmp_path / "onnx"
+    torch.manual_seed(0)
+    model = tiny_model(fusion, id2label={0: "not_hateful", 1: "hateful"})
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)  # logits of a random model are tiny; make a 1e-4 tolerance mean something
+    model.save_pretrained(checkpoint)
+    tiny_processor().save_pretrained(checkpoint)
+
+    info = export_onnx(checkpoint, exported)
+
+    files = {path.name for path in exported.iterdir()}
+    assert {ONNX_FILENAME, "config.json", "processor_config.json", "tokenizer.json", "onnx_export.json"} <= files
+    assert json.loads((exported / "onnx_export.json").read_text())["fusion"] == fusion
+    shapes = graph_input_shapes(exported / ONNX_FILENAME)
+    assert list(shapes) == info.inputs
+    assert set(shapes) == {"input_ids", "attention_mask", "token_type_ids", "pixel_values"}
+    batch, sequence = shapes["input_ids"]
+    assert isinstance(batch, str) and isinstance(sequence, str)  # symbolic, i.e. dynamic
+    assert shapes["attention_mask"] == shapes["token_type_ids"] == [batch, sequence]
+    assert shapes["pixel_values"] == [batch, 3, 32, 32]
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(exported)  # the copied processor files
+    session = OnnxBackend(exported / ONNX_FILENAME)
+    for batch_size in BATCH_SIZES:
+        for length, caption in CAPTIONS.items():
+            inputs = processor(images=random_images(batch_size, batch_size), text=caption * batch_size)
+            with torch.no_grad():
+                expected = model(**inputs).logits.numpy()
+            actual = session.logits({name: tensor.numpy() for name, tensor in inputs.items()})
+            assert actual.shape == (batch_size, 2)
+            difference = np.abs(actual - expected).max()
+            assert difference <= 1e-4, f"batch {batch_size}, {length} captions: max |diff| {difference:.2e}"
+    assert np.ptp(expected[:, 1] - expected[:, 0]) > 0.1  # the inputs do move the logits
+
+    # The predictor on ONNX Runtime gives the PyTorch predictor's answers.
+    images, texts = random_images(4, 99), ["a cat", "", "the dog barks at the mailman", "look"]
+    on_torch = MMFusionPredictor.from_pretrained(checkpoint).predict_batch(images, texts)
+    on_onnx = MMFusionPredictor.from_pretrained(exported, backend="onnx").predict_batch(images, texts)
+    for torch_result, onnx_result in zip(on_torch, on_onnx):
+        assert onnx_result["label"] == torch_result["label"]
+        assert onnx_result["probabilities"] == pytest.approx(torch_result["probabilities"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_export(trained_demo_checkpoint, tmp_path_factory):
+    """The trained demo model exported with the command-line tool, fp32 and int8."""
+    exported = tmp_path_factory.mktemp("trained-onnx")
+    assert export_main([str(trained_demo_checkpoint.path), str(exported), "--quantize", "int8"]) == 0
+    return exported
+
+
+def test_int8_agrees_with_fp32_on_the_demo_test_split(trained_demo_checkpoint, trained_export):
+    test_split = trained_demo_checkpoint.dataset["test"]
+    engines = {
+        "torch": MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path, batch_size=100),
+        "fp32": MMFusionPredictor.from_pretrained(trained_export, backend="onnx", batch_size=100),
+        "int8": MMFusionPredictor.from_pretrained(
+            trained_export, backend="onnx", onnx_file=INT8_ONNX_FILENAME, batch_size=100
+        ),
+    }
+    results = {name: engine.predict_dataset(test_split, progress=False) for name, engine in engines.items()}
+    labels = results["fp32"].true_labels
+    auroc = {name: roc_auc_score(labels, result.probabilities[:, 1]) for name, result in results.items()}
+    accuracy = (results["fp32"].label_ids == labels).mean()
+
+    agreement = (results["int8"].label_ids == results["fp32"].label_ids).mean()
+    print(f"demo test split: accuracy {accuracy:.3f}, AUROC {auroc}, int8/fp32 label agreement {agreement:.4f}")
+    # The model learned the task (so agreement is measured on confident, meaningful predictions) ...
+    assert accuracy >= 0.9 and auroc["fp32"] >= 0.95, (accuracy, auroc)
+    # ... ONNX Runtime fp32 is the PyTorch model ...
+    np.testing.assert_allclose(results["fp32"].probabilities, results["torch"].probabilities, atol=1e-4)
+    # ... and int8 keeps its decisions.
+    assert agreement >= 0.99, f"int8 agrees with fp32 on {agreement:.2%} of the test split"
+    assert auroc["fp32"] - auroc["int8"] <= 0.01, auroc
+    assert (trained_export / INT8_ONNX_FILENAME).stat().st_size < (trained_export / ONNX_FILENAME).stat().st_size
