@@ -216,3 +216,32 @@ def test_two_run_sweep_with_the_real_train_script(repo_root, tiny_memes_folder, 
     values = [run["results"]["eval_accuracy"] for run in runs]
     assert values == sorted(values, reverse=True) and [run["rank"] for run in runs] == [1, 2]
     assert (tmp_path / "sweep" / "sweep_results.md").exists()
+
+
+def test_demo_recipe_learns_the_xor_task(repo_root, tmp_path):
+    """The zero-argument run's recipe (demo data, small random towers, 12 epochs) beats 90 % test accuracy.
+
+    Per-epoch evaluation and checkpoints are switched off to keep CI short; the README quotes the full run.
+    """
+    output = tmp_path / "demo"
+    result = run_train(
+        repo_root,
+        [
+            "--output_dir",
+            output,
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--do_predict",
+            "false",
+            "--disable_tqdm",
+            "true",
+        ],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["test_accuracy"] >= 0.9, results
