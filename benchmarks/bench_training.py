@@ -117,13 +117,22 @@ def build(args, fusion: str, train_texts):
     tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size=1000)
     # BERT's own dropout/init here: the same model as the reference, only the pipeline differs
     text_config = small_text_config(
-        len(tokenizer), hidden_size=args.bert_hidden, num_layers=args.bert_layers, initializer_range=0.02,
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        len(tokenizer),
+        hidden_size=args.bert_hidden,
+        num_layers=args.bert_layers,
+        initializer_range=0.02,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
     )
     vision_config = resnet18_config() if args.vision == "resnet18" else torchvision_resnet_config(args.vision)
     config = MMFusionConfig(
-        text_config=text_config, vision_config=vision_config, fusion=fusion, num_image_tokens=49, image_size=224,
-        freeze_vision_encoder=fusion == "early", num_labels=2,
+        text_config=text_config,
+        vision_config=vision_config,
+        fusion=fusion,
+        num_image_tokens=49,
+        image_size=224,
+        freeze_vision_encoder=fusion == "early",
+        num_labels=2,
     )
     config._attn_implementation = "sdpa"
     return MMFusionForClassification(config), MMFusionProcessor(default_image_processor(224), tokenizer)
@@ -149,16 +158,32 @@ def run_ours(args, data_dir: Path, fusion: str, work: Path) -> dict:
         )
         caching_s = time.perf_counter() - cache_started
         training_args = TrainingArguments(
-            output_dir=str(work / f"out-{fusion}"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch,
-            per_device_eval_batch_size=args.batch, learning_rate=5e-6 if fusion == "early" else 1e-4,
-            lr_scheduler_type="cosine", warmup_steps=0.1, optim="adamw_torch", eval_strategy="no", save_strategy="no",
-            logging_steps=10**6, report_to="none", disable_tqdm=True, remove_unused_columns=False,
-            dataloader_num_workers=args.workers, dataloader_persistent_workers=args.workers > 0,
-            dataloader_pin_memory=device == "cuda", bf16=args.bf16, use_cpu=device == "cpu",
+            output_dir=str(work / f"out-{fusion}"),
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch,
+            per_device_eval_batch_size=args.batch,
+            learning_rate=5e-6 if fusion == "early" else 1e-4,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.1,
+            optim="adamw_torch",
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=10**6,
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_num_workers=args.workers,
+            dataloader_persistent_workers=args.workers > 0,
+            dataloader_pin_memory=device == "cuda",
+            bf16=args.bf16,
+            use_cpu=device == "cpu",
             torch_compile=args.compile,
         )
         trainer = Trainer(
-            model=model, args=training_args, train_dataset=prepared["train"], eval_dataset=prepared["dev_seen"],
+            model=model,
+            args=training_args,
+            train_dataset=prepared["train"],
+            eval_dataset=prepared["dev_seen"],
             data_collator=MMFusionCollator.for_processor(processor, pad_to_multiple_of=8 if device == "cuda" else 1),
         )
         train_started = time.perf_counter()
@@ -198,13 +223,30 @@ def model_flops_utilisation(model, train_split, samples: int, seconds: float) ->
 
 # ---------------------------------------------------------------------------------------------------------------------
 def run_reference(script: Path, data_dir: Path, args, part: int) -> dict:
-    command = [sys.executable, str(script), str(data_dir), "--part", str(part), "--n", str(args.n),
-               "--batch", str(args.batch), "--epochs", str(args.epochs), "--bert-layers", str(args.bert_layers),
-               "--bert-hidden", str(args.bert_hidden)]
+    command = [
+        sys.executable,
+        str(script),
+        str(data_dir),
+        "--part",
+        str(part),
+        "--n",
+        str(args.n),
+        "--batch",
+        str(args.batch),
+        "--epochs",
+        str(args.epochs),
+        "--bert-layers",
+        str(args.bert_layers),
+        "--bert-hidden",
+        str(args.bert_hidden),
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = re.search(r"train ([\d.]+) samples/s, eval ([\d.]+) samples/s", output)
-    return {"model": f"reference part {part}", "train_samples_per_s": float(match[1]),
-            "eval_samples_per_s": float(match[2])}
+    return {
+        "model": f"reference part {part}",
+        "train_samples_per_s": float(match[1]),
+        "eval_samples_per_s": float(match[2]),
+    }
 
 
 def main():
@@ -245,19 +287,26 @@ def main():
             ours["eval_ratio"] = ours["eval_samples_per_s"] / reference["eval_samples_per_s"]
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"\n{device}; BERT {args.bert_layers}x{args.bert_hidden} + {args.vision}, {args.n} memes, batch "
-          f"{args.batch}, {args.epochs} epochs")
-    header = (f"{'model':<18} {'train/s':>8} {'(no cache)':>10} {'caching s':>9} {'eval/s':>8} {'train x':>7} "
-              f"{'eval x':>7} {'peak RSS MiB':>12} {'anon MiB':>9} {'MFU':>6}")
+    print(
+        f"\n{device}; BERT {args.bert_layers}x{args.bert_hidden} + {args.vision}, {args.n} memes, batch "
+        f"{args.batch}, {args.epochs} epochs"
+    )
+    header = (
+        f"{'model':<18} {'train/s':>8} {'(no cache)':>10} {'caching s':>9} {'eval/s':>8} {'train x':>7} "
+        f"{'eval x':>7} {'peak RSS MiB':>12} {'anon MiB':>9} {'MFU':>6}"
+    )
     print(header)
     for row in rows:
-        def cell(key, fmt, width):
+
+        def cell(key, fmt, width, row=row):
             return format(row[key], fmt).rjust(width) if key in row else "-".rjust(width)
 
-        print(f"{row['model']:<18} {cell('train_samples_per_s', '.1f', 8)} "
-              f"{cell('train_samples_per_s_without_caching', '.1f', 10)} {cell('caching_s', '.1f', 9)} "
-              f"{cell('eval_samples_per_s', '.1f', 8)} {cell('train_ratio', '.2f', 7)} {cell('eval_ratio', '.2f', 7)} "
-              f"{cell('peak_rss_mib', '.0f', 12)} {cell('peak_anonymous_rss_mib', '.0f', 9)} {cell('mfu', '.1%', 6)}")
+        print(
+            f"{row['model']:<18} {cell('train_samples_per_s', '.1f', 8)} "
+            f"{cell('train_samples_per_s_without_caching', '.1f', 10)} {cell('caching_s', '.1f', 9)} "
+            f"{cell('eval_samples_per_s', '.1f', 8)} {cell('train_ratio', '.2f', 7)} {cell('eval_ratio', '.2f', 7)} "
+            f"{cell('peak_rss_mib', '.0f', 12)} {cell('peak_anonymous_rss_mib', '.0f', 9)} {cell('mfu', '.1%', 6)}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"device": device, "args": vars(args), "rows": rows}, indent=2, default=str))
 

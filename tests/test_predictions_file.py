@@ -12,8 +12,9 @@ def read(path):
 
 
 def test_binary_file_is_the_challenge_format(tmp_path):
-    path = write_predictions_csv(tmp_path / "p.csv", ["01235", "42953"], np.array([[0.9, 0.1], [0.2, 0.8]]),
-                                 ["not_hateful", "hateful"])
+    path = write_predictions_csv(
+        tmp_path / "p.csv", ["01235", "42953"], np.array([[0.9, 0.1], [0.2, 0.8]]), ["not_hateful", "hateful"]
+    )
     rows = read(path)
     assert rows[0] == ["id", "proba", "label"]
     assert rows[1][0] == "01235" and float(rows[1][1]) == pytest.approx(0.1) and rows[1][2] == "0"
