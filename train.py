@@ -148,7 +148,6 @@ def build_model(model_args: ModelArguments, label_names: list[str], vocab_size: 
     if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
         raise ValueError("Give both --text_model_name_or_path and --vision_model_name_or_path, or neither.")
     if model_args.text_model_name_or_path:
-        vision_config = None
         if model_args.vision_model_name_or_path.startswith("torchvision/"):
             from mmfusion.torchvision_resnet import torchvision_resnet_config
 
