@@ -33,7 +33,7 @@ from mmfusion.presets import small_text_config, small_vision_config
 from mmfusion.tokenization import train_wordpiece_tokenizer
 from mmfusion.training.arguments import DataArguments, ModelArguments, parse_arguments
 from mmfusion.training.collator import MMFusionCollator
-from mmfusion.training.inputs import prepare_model_inputs
+from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
 from mmfusion.training.metrics import best_model_metric, make_compute_metrics
 from mmfusion.training.model_card import write_model_card
 from mmfusion.training.report import SplitPredictions, write_eval_report
@@ -227,7 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     with training_args.main_process_first(desc="preparing model inputs"):
         prepared = prepare_model_inputs(
-            raw, processor, model, max_length=data_args.max_text_length, use_image_features=use_features
+            raw,
+            processor,
+            model,
+            max_length=data_args.max_text_length,
+            use_image_features=use_features,
+            device=training_args.device,
+            autocast_dtype=training_autocast_dtype(training_args),
         )
 
     if training_args.metric_for_best_model in (None, "loss") and splits["validation"]:

@@ -10,7 +10,7 @@ data in the same session and the ratios are printed.
     python benchmarks/bench_training.py --reference ../shared/bench/notebook_reference.py
     python benchmarks/bench_training.py --n 8500 --small-images --only early --epochs 1   # peak memory at full size
 
-On a GPU add --bf16 and real sizes (--bert-layers 12 --bert-hidden 768 --batch 128 [--vision resnet50]); it also
+On a GPU add --precision bf16 and real sizes (--bert-layers 12 --bert-hidden 768 --batch 128 [--vision resnet50]); it also
 prints model FLOPs utilisation.
 """
 
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -138,34 +139,33 @@ def build(args, fusion: str, train_texts):
     return MMFusionForClassification(config), MMFusionProcessor(default_image_processor(224), tokenizer)
 
 
-def run_ours(args, data_dir: Path, fusion: str, work: Path) -> dict:
+def run_ours(args, data_dir: Path, fusion: str, precision: str, work: Path) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from mmfusion.data import load_hateful_memes
     from mmfusion.training.collator import MMFusionCollator
-    from mmfusion.training.inputs import prepare_model_inputs
+    from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
 
     torch.manual_seed(0)
-    started = time.perf_counter()
-    raw = load_hateful_memes(data_dir, cache_dir=work / "hf-cache")
-    model, processor = build(args, fusion, raw["train"]["text"])
+    work = work / f"{fusion}-{precision}"  # fresh caches for every run: each one pays its own one-time costs
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    started = time.perf_counter()
     with AnonymousMemoryPeak() as memory:
-        cache_started = time.perf_counter()
-        prepared = prepare_model_inputs(
-            raw, processor, model, max_length=128, feature_batch_size=args.batch, cache_dir=work / "inputs"
-        )
-        caching_s = time.perf_counter() - cache_started
+        # One-time preparation: build the dataset (reads and checks every row, decodes every image once) ...
+        build_started = time.perf_counter()
+        raw = load_hateful_memes(data_dir, cache_dir=work / "hf-cache")
+        build_s = time.perf_counter() - build_started
+        model, processor = build(args, fusion, raw["train"]["text"])
+        model.to(device)
         training_args = TrainingArguments(
-            output_dir=str(work / f"out-{fusion}"),
+            output_dir=str(work / "out"),
             num_train_epochs=args.epochs,
             per_device_train_batch_size=args.batch,
             per_device_eval_batch_size=args.batch,
             learning_rate=5e-6 if fusion == "early" else 1e-4,
             lr_scheduler_type="cosine",
             warmup_steps=0.1,
-            optim="adamw_torch",
+            optim=args.optim,
             eval_strategy="no",
             save_strategy="no",
             logging_steps=10**6,
@@ -175,10 +175,22 @@ def run_ours(args, data_dir: Path, fusion: str, work: Path) -> dict:
             dataloader_num_workers=args.workers,
             dataloader_persistent_workers=args.workers > 0,
             dataloader_pin_memory=device == "cuda",
-            bf16=args.bf16,
+            bf16=precision == "bf16",
             use_cpu=device == "cpu",
             torch_compile=args.compile,
         )
+        # ... then tokenize captions and compute the frozen tower's features (or resize images) once.
+        cache_started = time.perf_counter()
+        prepared = prepare_model_inputs(
+            raw,
+            processor,
+            model,
+            max_length=128,
+            feature_batch_size=args.batch,
+            autocast_dtype=training_autocast_dtype(training_args),
+            cache_dir=work / "inputs",
+        )
+        caching_s = time.perf_counter() - cache_started
         trainer = Trainer(
             model=model,
             args=training_args,
@@ -186,19 +198,22 @@ def run_ours(args, data_dir: Path, fusion: str, work: Path) -> dict:
             eval_dataset=prepared["dev_seen"],
             data_collator=MMFusionCollator.for_processor(processor, pad_to_multiple_of=8 if device == "cuda" else 1),
         )
-        train_started = time.perf_counter()
-        trainer.train()
-        learning_s = time.perf_counter() - train_started
+        # the Trainer's own clock, as the reference reports it (train_samples_per_second): from the first batch to
+        # the last step, without building the optimizer and data loader
+        learning_s = trainer.train().metrics["train_runtime"]
         evaluation = trainer.evaluate()
     trained = len(prepared["train"]) * args.epochs
-    # caching covers train and dev_seen; the training figure carries the train split's share of it
+    # preparation covers train and dev_seen; the training figure carries the train split's share of it
     train_share = len(raw["train"]) / (len(raw["train"]) + len(raw["dev_seen"]))
+    one_time_s = build_s + caching_s
     result = {
-        "model": fusion,
+        "model": f"{fusion} {precision}",
         "image_inputs": "frozen-tower features" if model.config.freeze_vision_encoder else "uint8 pixels",
+        "build_s": build_s,
         "caching_s": caching_s,
+        "one_time_s": one_time_s,
         "learning_s": learning_s,
-        "train_samples_per_s": trained / (learning_s + caching_s * train_share),
+        "train_samples_per_s": trained / (learning_s + one_time_s * train_share),
         "train_samples_per_s_without_caching": trained / learning_s,
         "eval_samples_per_s": evaluation["eval_samples_per_second"],
         "peak_rss_mib": peak_rss_mib(),
@@ -208,6 +223,27 @@ def run_ours(args, data_dir: Path, fusion: str, work: Path) -> dict:
     if device == "cuda":
         result["mfu"] = model_flops_utilisation(model, prepared["train"], trained, learning_s)
     return result
+
+
+def run_ours_in_subprocess(data_dir: Path, fusion: str, precision: str, work: Path) -> dict:
+    """`run_ours` in a fresh process and folder, as the reference runs: no run inherits another's caches or memory."""
+    run_dir = Path(tempfile.mkdtemp(dir=work, prefix="run-"))
+    command = [sys.executable, __file__, *sys.argv[1:], "--data", str(data_dir), "--worker", fusion, precision]
+    try:
+        output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=run_dir).stdout
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def median_row(runs: list[dict]) -> dict:
+    """Per-key medians of repeated runs of one configuration (numbers only; the rest from the first run)."""
+    row = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            row[key] = float(np.median([run[key] for run in runs]))
+    row["repeats"] = len(runs)
+    return row
 
 
 def model_flops_utilisation(model, train_split, samples: int, seconds: float) -> float:
@@ -260,12 +296,32 @@ def main():
     parser.add_argument("--only", choices=["early", "concat"], help="benchmark one of our models")
     parser.add_argument("--reference", type=Path, help="path to notebook_reference.py: run it side by side")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=["fp32"],
+        help="run our models once per precision (bf16: autocast, the Trainer's --bf16; on CPU it needs AVX512-BF16 "
+        "or AMX to be fast)",
+    )
+    parser.add_argument(
+        "--optim",
+        default="adamw_torch_fused",
+        help="our Trainer's optimizer (the reference: adamw_torch, the same AdamW, one kernel per tensor group)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run every configuration this many times, interleaved; report medians"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--small-images", action="store_true", help="96-160 px PNGs (fast to build; for memory)")
     parser.add_argument("--data", type=Path, help="reuse a folder built earlier")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--worker", nargs=2, metavar=("FUSION", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:  # one of our runs, started by run_ours_in_subprocess
+        fusion, precision = args.worker
+        print(json.dumps(run_ours(args, args.data, fusion, precision, Path.cwd())))
+        return
 
     work = Path(tempfile.mkdtemp(prefix="mmfusion-bench-"))
     data_dir = args.data or work / "memes"
@@ -278,13 +334,27 @@ def main():
     for fusion, part in (("early", 2), ("concat", 1)):
         if args.only and fusion != args.only:
             continue
-        ours = run_ours(args, data_dir, fusion, work)
-        rows.append(ours)
-        if args.reference:
-            reference = run_reference(args.reference, data_dir, args, part)
-            rows.append(reference)
-            ours["train_ratio"] = ours["train_samples_per_s"] / reference["train_samples_per_s"]
-            ours["eval_ratio"] = ours["eval_samples_per_s"] / reference["eval_samples_per_s"]
+        ours = {precision: [] for precision in args.precision}
+        references = []
+        for _ in range(args.repeats):  # interleaved, so that a change in machine load hits every configuration
+            for precision in args.precision:
+                ours[precision].append(run_ours_in_subprocess(data_dir, fusion, precision, work))
+            if args.reference:
+                references.append(run_reference(args.reference, data_dir, args, part))
+        for runs in ours.values():
+            row = median_row(runs)
+            if references:
+                # median of the ratios within each repeat: each ratio compares runs made a minute apart
+                for measure in ("train", "eval"):
+                    ratios = [
+                        run[f"{measure}_samples_per_s"] / ref[f"{measure}_samples_per_s"]
+                        for run, ref in zip(runs, references)
+                    ]
+                    row[f"{measure}_ratio"] = float(np.median(ratios))
+                    row[f"{measure}_ratios"] = ratios
+            rows.append(row)
+        if references:
+            rows.append(median_row(references))
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(
@@ -292,7 +362,7 @@ def main():
         f"{args.batch}, {args.epochs} epochs"
     )
     header = (
-        f"{'model':<18} {'train/s':>8} {'(no cache)':>10} {'caching s':>9} {'eval/s':>8} {'train x':>7} "
+        f"{'model':<18} {'train/s':>8} {'learning/s':>10} {'build s':>7} {'caching s':>9} {'eval/s':>8} {'train x':>7} "
         f"{'eval x':>7} {'peak RSS MiB':>12} {'anon MiB':>9} {'MFU':>6}"
     )
     print(header)
@@ -303,12 +373,21 @@ def main():
 
         print(
             f"{row['model']:<18} {cell('train_samples_per_s', '.1f', 8)} "
-            f"{cell('train_samples_per_s_without_caching', '.1f', 10)} {cell('caching_s', '.1f', 9)} "
+            f"{cell('train_samples_per_s_without_caching', '.1f', 10)} {cell('build_s', '.1f', 7)} "
+            f"{cell('caching_s', '.1f', 9)} "
             f"{cell('eval_samples_per_s', '.1f', 8)} {cell('train_ratio', '.2f', 7)} {cell('eval_ratio', '.2f', 7)} "
             f"{cell('peak_rss_mib', '.0f', 12)} {cell('peak_anonymous_rss_mib', '.0f', 9)} {cell('mfu', '.1%', 6)}"
         )
+    if args.repeats > 1:
+        print(f"(medians of {args.repeats} interleaved repeats; ratios: the median of the per-repeat ratios)")
+        for row in rows:
+            for measure in ("train", "eval"):
+                if f"{measure}_ratios" in row:
+                    listed = ", ".join(f"{ratio:.2f}" for ratio in row[f"{measure}_ratios"])
+                    print(f"  {row['model']} {measure} x reference, per repeat: {listed}")
     if args.json:
         args.json.write_text(json.dumps({"device": device, "args": vars(args), "rows": rows}, indent=2, default=str))
+    shutil.rmtree(work, ignore_errors=True)  # generated memes (unless --data), caches, outputs
 
 
 if __name__ == "__main__":

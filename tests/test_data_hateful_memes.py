@@ -295,6 +295,32 @@ def test_skip_mode_reports_exactly_the_bad_ids(tmp_path, caplog):
     assert any("Skipped 5 bad row(s)" in record.getMessage() for record in caplog.records)
 
 
+def test_rows_checked_in_threads_keep_file_order(tmp_path):
+    """Images are decoded by several threads at once; examples, skipped rows and the first error stay in file order."""
+    root = tmp_path / "many"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for index in range(150):  # more than two of the builder's chunks
+        name = f"{index:05d}"
+        if index % 7 == 0:  # slow to decode: a later, small image finishes first
+            Image.effect_noise((300, 300), 60).convert("RGB").save(root / "img" / f"{name}.png")
+        else:
+            write_image(root / "img" / f"{name}.png", size=(8, 8), color=(index, 0, 0))
+        rows.append({"id": name, "img": f"img/{name}.png", "label": index % 2, "text": f"caption {index}"})
+    bad_lines = [10, 100, 141]
+    for line in bad_lines:
+        (root / "img" / f"{line - 1:05d}.png").write_bytes(b"not a png")
+    write_jsonl(root / "train.jsonl", rows)
+
+    with pytest.raises(BadRowError) as info:
+        load_hateful_memes(root, cache_dir=tmp_path / "error-cache")
+    _assert_bad_row(info.value, root, line=10, row_id="00009", reason_fragment="cannot read image")
+
+    dataset, report = load_hateful_memes(root, cache_dir=tmp_path / "cache", on_bad_rows="skip", return_report=True)
+    assert dataset["train"]["id"] == [row["id"] for line, row in enumerate(rows, 1) if line not in bad_lines]
+    assert [row["line"] for row in report.skipped] == bad_lines
+
+
 def test_skip_and_error_modes_are_cached_separately(tmp_path):
     root = _folder_with_bad_row(tmp_path, {"id": "00002", "img": "img/missing.png", "label": 1, "text": "x"})
     skipped = load_hateful_memes(root, cache_dir=tmp_path / "cache", on_bad_rows="skip")

@@ -53,6 +53,40 @@ def test_cached_features_give_the_uncached_logits(fusion, memes, tmp_path):
     assert_close(cached_logits(model, processor, prepared, indices), uncached_logits(model, processor, split, indices))
 
 
+def test_bf16_features_match_the_uncached_bf16_forward_and_have_their_own_cache(memes, tmp_path):
+    _, root = memes
+    split = load(root, tmp_path)
+    model, processor = tiny_model("early", freeze_vision_encoder=True).eval(), tiny_processor()
+    fp32 = prepare_model_inputs(split, processor, model, cache_dir=tmp_path / "inputs")
+    bf16 = prepare_model_inputs(split, processor, model, autocast_dtype=torch.bfloat16, cache_dir=tmp_path / "inputs")
+    assert bf16.cache_files[-1]["filename"] != fp32.cache_files[-1]["filename"]
+    indices = [0, 2, 6]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached, uncached = (
+            cached_logits(model, processor, bf16, indices),
+            uncached_logits(model, processor, split, indices),
+        )
+    # The same bf16 computation of the tower, batched differently: equal up to bf16 round-off (8 bits of mantissa).
+    assert_close(cached.float(), uncached.float(), atol=2e-2, rtol=2e-2)
+    # and not the float32 features: the dtype is part of the cache key, so neither run reuses the other's features
+    assert not torch.equal(torch.as_tensor(bf16[0][IMAGE_FEATURES]), torch.as_tensor(fp32[0][IMAGE_FEATURES]))
+
+
+def test_caching_leaves_the_model_as_it_was(memes, tmp_path):
+    _, root = memes
+    model, processor = tiny_model("early", freeze_vision_encoder=True), tiny_processor()
+    model.train()  # (the frozen tower stays in eval mode: its BatchNorm statistics are part of what is frozen)
+    modes = {name: module.training for name, module in model.named_modules()}
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    prepare_model_inputs(load(root, tmp_path), processor, model, cache_dir=tmp_path / "inputs")
+    # the tower ran in eval mode, in channels-last layout; afterwards modes and layout are as they were
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    after = model.state_dict()
+    assert all(tensor.is_contiguous() for tensor in after.values())  # safetensors refuses strided tensors
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    model.save_pretrained(tmp_path / "saved")
+
+
 def test_cached_uint8_pixels_give_the_uncached_logits(memes, tmp_path):
     _, root = memes
     split = load(root, tmp_path)

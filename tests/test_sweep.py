@@ -161,7 +161,7 @@ def test_repository_sweep_preset_is_valid(repo_root):
     spec = load_sweep(repo_root / "configs" / "sweep_notebook.yaml")
     assert spec.base["dataset"] == "demo"
     assert len(spec.runs) >= 8
-    assert {run.get("optim", spec.base.get("optim")) for run in spec.runs} == {"adamw_torch", "sgd"}
+    assert {run.get("optim", spec.base.get("optim")) for run in spec.runs} == {"adamw_torch_fused", "sgd"}
     for run in spec.runs:
         assert isinstance(run.get("learning_rate", spec.base.get("learning_rate")), float), run["name"]
 
@@ -198,7 +198,7 @@ def test_sweep_runs_parse_with_train_py_arguments(repo_root, tmp_path):
         path = tmp_path / f"{run['name']}.yaml"
         path.write_text(yaml.safe_dump(run_arguments(spec.base, run, tmp_path)))
         model_args, data_args, training_args = parse_arguments([str(path)])
-        assert training_args.optim.value in ("adamw_torch", "sgd"), run["name"]
+        assert training_args.optim.value in ("adamw_torch_fused", "sgd"), run["name"]
         assert training_args.output_dir == str(tmp_path / run["name"])
         assert model_args.fusion == "concat" and data_args.dataset == "demo"
         assert not training_args.load_best_model_at_end

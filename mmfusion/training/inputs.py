@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import partial
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from datasets import Array3D, Dataset, DatasetDict, Features
 from datasets.fingerprint import Hasher
 
+from ..parallel import image_thread_pool
 from ..processing_mmfusion import MMFusionProcessor, to_rgb
 
 IMAGE_FEATURES = "image_features"
@@ -102,6 +105,59 @@ def tokenize_captions(
     )
 
 
+def _map_images(
+    dataset: Dataset,
+    per_image,
+    per_batch,
+    *,
+    column: str,
+    shape: tuple[int, ...],
+    dtype: str,
+    fingerprint: str,
+    batch_size: int,
+    cache_dir: Path | None,
+    desc: str,
+) -> Dataset:
+    """Replace `image` by `column`: `per_batch(stack of per_image(image) for the batch)`, cached under `fingerprint`.
+
+    `Dataset.map` would decode each batch's images one after another in the main thread; here `datasets`' own
+    decoding and `per_image` (resizing) run in threads (`mmfusion.parallel`), on every core. `per_batch` (the vision
+    tower, say) runs in the calling thread.
+    """
+    image_feature = dataset.features["image"]
+    if not isinstance(image_feature, datasets.Image):
+        raise TypeError(f"the 'image' column must be a datasets.Image feature, got {image_feature!r}")
+    undecoded = dataset.cast_column("image", datasets.Image(decode=False))  # paths/bytes: decoded in the threads
+    features = Features({name: value for name, value in dataset.features.items() if name != "image"})
+    features[column] = Array3D(shape=shape, dtype=dtype)
+
+    def transform(batch, pool):
+        arrays = pool.map(lambda value: per_image(image_feature.decode_example(value)), batch["image"])
+        return {column: per_batch(np.stack(list(arrays)))}
+
+    with image_thread_pool() as pool:
+        return _map_cached(
+            undecoded,
+            partial(transform, pool=pool),
+            fingerprint=fingerprint,
+            cache_dir=cache_dir,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=["image"],
+            features=features,
+            desc=desc,
+        )
+
+
+def training_autocast_dtype(training_args) -> torch.dtype | None:
+    """The autocast dtype the Trainer computes in for these `TrainingArguments` (`--bf16`, `--fp16`), else None."""
+    if getattr(training_args, "bf16", False):
+        return torch.bfloat16
+    if getattr(training_args, "fp16", False):
+        return torch.float16
+    return None
+
+
 @torch.inference_mode()
 def encode_images(
     dataset: Dataset,
@@ -110,52 +166,67 @@ def encode_images(
     *,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    tower_fingerprint: str | None = None,
     cache_dir: Path | None = None,
 ) -> Dataset:
-    """Replace `image` by the frozen vision tower's feature maps (`image_features`, float32 (C, H, W))."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    """Replace `image` by the frozen vision tower's feature maps (`image_features`, float32 (C, H, W)).
+
+    The tower runs on `device` (default: where it is). With `autocast_dtype` (`torch.bfloat16`/`torch.float16`) it
+    runs under `torch.autocast`, as the Trainer runs the uncached forward with `--bf16`/`--fp16`, so the cached
+    features are what that forward would compute (stored as float32); the dtype is part of the cache key.
+    `tower_fingerprint` is `weights_fingerprint(vision tower)`, when the caller has it already.
+    """
     towers = model.base_model
-    was_training = towers.vision_model.training
-    towers.vision_model.eval()
-
-    def features_of(images) -> np.ndarray:
-        pixel_values = image_processor([to_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
-        # channels-last: oneDNN's fast convolution layout on CPU (about a quarter faster on resnet18), fine on GPU
-        pixel_values = pixel_values.to(device).contiguous(memory_format=torch.channels_last)
-        return model.get_image_features(pixel_values).float().cpu().numpy()
-
-    feature_shape = _feature_map_shape(features_of, model.config.image_size)
     fingerprint = Hasher.hash(
         [
             "image-features",
             _PIPELINE_VERSION,
             dataset._fingerprint,
-            weights_fingerprint(towers.vision_model),
+            tower_fingerprint or weights_fingerprint(towers.vision_model),
             _settings_fingerprint(image_processor.to_dict()),
+            str(autocast_dtype),
         ]
     )
-    features = Features({**{k: v for k, v in dataset.features.items() if k != "image"}})
-    features[IMAGE_FEATURES] = Array3D(shape=feature_shape, dtype="float32")
+
+    def pixel_values_of(image) -> np.ndarray:
+        return image_processor(to_rgb(image), return_tensors="np")["pixel_values"][0]
+
+    def features_of(pixel_values: np.ndarray) -> np.ndarray:
+        pixel_values = torch.from_numpy(pixel_values).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            features = model.get_image_features(pixel_values)
+        return features.float().cpu().numpy()
+
+    home = next(towers.vision_model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    was_training = towers.vision_model.training
     try:
-        return _map_cached(
+        # Only the tower visits `device` (e.g. the GPU, before the Trainer places the model): where the model lives
+        # stays the caller's decision (or the Trainer's, FSDP's, DeepSpeed's). Channels-last weights and inputs are
+        # oneDNN's fast convolution layout on CPU (inputs alone: it reorders the weights on every call), fine on GPU.
+        towers.vision_model.to(device, memory_format=torch.channels_last).eval()
+        return _map_images(
             dataset,
-            lambda batch: {IMAGE_FEATURES: features_of(batch["image"])},
+            pixel_values_of,
+            features_of,
+            column=IMAGE_FEATURES,
+            shape=_feature_map_shape(features_of, pixel_values_of),
+            dtype="float32",
             fingerprint=fingerprint,
-            cache_dir=cache_dir,
-            batched=True,
             batch_size=batch_size,
-            remove_columns=["image"],
-            features=features,
+            cache_dir=cache_dir,
             desc="Encoding images with the frozen vision tower (once)",
         )
     finally:
-        towers.vision_model.train(was_training)
+        towers.vision_model.to(home, memory_format=torch.contiguous_format).train(was_training)
 
 
-def _feature_map_shape(features_of, image_size: int) -> tuple[int, int, int]:
+def _feature_map_shape(features_of, pixel_values_of) -> tuple[int, int, int]:
     from PIL import Image
 
-    sample = features_of([Image.new("RGB", (image_size, image_size))])[0]
+    blank = pixel_values_of(Image.new("RGB", (64, 64)))
+    sample = features_of(blank[None])[0]
     if sample.ndim != 3:
         raise ValueError(
             f"Feature caching stores (C, H, W) feature maps; this vision tower returns shape {sample.shape}."
@@ -166,28 +237,23 @@ def _feature_map_shape(features_of, image_size: int) -> tuple[int, int, int]:
 def resize_images(dataset: Dataset, image_processor, *, cache_dir: Path | None = None) -> Dataset:
     """Replace `image` by its resized uint8 pixels (`pixels`, (3, H, W)); normalisation is left to the collator."""
 
-    def pixels_of(batch):
-        resized = image_processor(
-            [to_rgb(image) for image in batch["image"]], do_rescale=False, do_normalize=False, return_tensors="np"
-        )["pixel_values"]
-        return {PIXELS: np.clip(np.rint(resized), 0, 255).astype(np.uint8)}
+    def pixels_of(image) -> np.ndarray:
+        resized = image_processor(to_rgb(image), do_rescale=False, do_normalize=False, return_tensors="np")
+        return np.clip(np.rint(resized["pixel_values"][0]), 0, 255).astype(np.uint8)
 
     size = image_processor.size
-    shape = (3, size["height"], size["width"])
-    fingerprint = Hasher.hash(
-        ["pixels", _PIPELINE_VERSION, dataset._fingerprint, _settings_fingerprint(image_processor.to_dict())]
-    )
-    features = Features({**{k: v for k, v in dataset.features.items() if k != "image"}})
-    features[PIXELS] = Array3D(shape=shape, dtype="uint8")
-    return _map_cached(
+    return _map_images(
         dataset,
         pixels_of,
-        fingerprint=fingerprint,
-        cache_dir=cache_dir,
-        batched=True,
+        lambda pixels: pixels,
+        column=PIXELS,
+        shape=(3, size["height"], size["width"]),
+        dtype="uint8",
+        fingerprint=Hasher.hash(
+            ["pixels", _PIPELINE_VERSION, dataset._fingerprint, _settings_fingerprint(image_processor.to_dict())]
+        ),
         batch_size=64,
-        remove_columns=["image"],
-        features=features,
+        cache_dir=cache_dir,
         desc="Decoding and resizing images (once)",
     )
 
@@ -200,42 +266,44 @@ def prepare_model_inputs(
     max_length: int = 128,
     use_image_features: bool | None = None,
     feature_batch_size: int = 32,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
     cache_dir: Path | None = None,
 ) -> Dataset | DatasetDict:
     """Tokenize captions and cache image features (frozen vision tower) or resized pixels, for one split or all.
 
     `use_image_features` defaults to `model.config.freeze_vision_encoder`: features of a tower that is trained would
-    go stale after the first step.
+    go stale after the first step. Features are computed on `device` (default: the tower's) and in the precision
+    training runs in, `autocast_dtype` (`training_autocast_dtype(training_args)`); see `encode_images`.
     """
-    if isinstance(dataset, DatasetDict):
-        return DatasetDict(
-            {
-                name: prepare_model_inputs(
-                    split,
-                    processor,
-                    model,
-                    max_length=max_length,
-                    use_image_features=use_image_features,
-                    feature_batch_size=feature_batch_size,
-                    cache_dir=cache_dir,
-                )
-                for name, split in dataset.items()
-            }
-        )
     if use_image_features is None:
         use_image_features = model.config.freeze_vision_encoder
     if use_image_features and not model.config.freeze_vision_encoder:
         raise ValueError("Precomputed image features need a frozen vision tower (freeze_vision_encoder=True).")
-    dataset = tokenize_captions(dataset, processor.tokenizer, max_length, cache_dir=cache_dir)
-    if use_image_features:
-        dataset = encode_images(
-            dataset, model, processor.image_processor, batch_size=feature_batch_size, cache_dir=cache_dir
-        )
-    else:
-        dataset = resize_images(dataset, processor.image_processor, cache_dir=cache_dir)
-    # dtype=None keeps the stored dtypes (uint8 pixels stay uint8); the numpy formatter's default widens every
-    # integer array to int64, 8x the bytes per batch.
-    return dataset.with_format("numpy", dtype=None)
+    splits = dataset if isinstance(dataset, DatasetDict) else {None: dataset}
+    # hashed once for all splits: it reads every weight of the tower
+    tower_fingerprint = weights_fingerprint(model.base_model.vision_model) if use_image_features else None
+
+    prepared = {}
+    for name, split in splits.items():
+        split = tokenize_captions(split, processor.tokenizer, max_length, cache_dir=cache_dir)
+        if use_image_features:
+            split = encode_images(
+                split,
+                model,
+                processor.image_processor,
+                batch_size=feature_batch_size,
+                device=device,
+                autocast_dtype=autocast_dtype,
+                tower_fingerprint=tower_fingerprint,
+                cache_dir=cache_dir,
+            )
+        else:
+            split = resize_images(split, processor.image_processor, cache_dir=cache_dir)
+        # dtype=None keeps the stored dtypes (uint8 pixels stay uint8); the numpy formatter's default widens every
+        # integer array to int64, 8x the bytes per batch.
+        prepared[name] = split.with_format("numpy", dtype=None)
+    return DatasetDict(prepared) if isinstance(dataset, DatasetDict) else prepared[None]
 
 
 __all__ = [
@@ -246,5 +314,6 @@ __all__ = [
     "prepare_model_inputs",
     "resize_images",
     "tokenize_captions",
+    "training_autocast_dtype",
     "weights_fingerprint",
 ]

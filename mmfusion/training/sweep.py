@@ -12,7 +12,7 @@ output_root: outputs/sweep # optional; --output-root wins
 runs:
   - name: adam_lr1e-4      # required, unique; becomes the run's folder
     description: "..."     # optional; shown in the table, not passed to train.py
-    optim: adamw_torch
+    optim: adamw_torch_fused
     learning_rate: 1.0e-4
 ```
 
