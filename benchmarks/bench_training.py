@@ -3,15 +3,16 @@
 
 Builds a Hateful-Memes-layout folder of photo-sized PNG memes (like ../shared/bench/make_memes.py), then trains and
 evaluates our early-fusion (frozen vision tower: features cached once) and concat (tower trained: uint8 pixels cached
-once) models with the same sizes, batch and epochs as the reference, and prints samples/s. The one-time caching is
-included in the training figure and also reported alone. With --reference PATH, the reference script runs on the same
-data in the same session and the ratios are printed.
+once) models with the same sizes, batch and epochs as the reference, and prints samples/s. Every run is a fresh
+process with fresh caches. The training figure includes the one-time costs (building the dataset, caching the model
+inputs), which are also reported alone; the learning time is the Trainer's own clock, as the reference reports it.
+With --reference PATH, the reference script runs on the same data, interleaved with ours, and the ratios are printed.
 
-    python benchmarks/bench_training.py --reference ../shared/bench/notebook_reference.py
+    python benchmarks/bench_training.py --precision fp32 bf16 --repeats 7 --reference ../shared/bench/notebook_reference.py
     python benchmarks/bench_training.py --n 8500 --small-images --only early --epochs 1   # peak memory at full size
 
-On a GPU add --precision bf16 and real sizes (--bert-layers 12 --bert-hidden 768 --batch 128 [--vision resnet50]); it also
-prints model FLOPs utilisation.
+On a GPU use --precision bf16 and real sizes (--bert-layers 12 --bert-hidden 768 --batch 128 [--vision resnet50]);
+it also prints model FLOPs utilisation.
 """
 
 from __future__ import annotations
