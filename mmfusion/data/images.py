@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +73,8 @@ def open_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = DE
     """Open an image file (path or encoded bytes) and decode its first frame, refusing oversized images.
 
     The pixel limit is checked from the header, before any pixel is decoded, so a decompression bomb costs nothing.
-    PIL's own guard (`PIL.Image.MAX_IMAGE_PIXELS`) only *warns* between 1x and 2x its limit; that warning is turned
-    into an error here too.
+    PIL's own guard (`PIL.Image.MAX_IMAGE_PIXELS`) only *warns* between 1x and 2x its limit; here its limit is an
+    error too. Safe to call from several threads.
 
     Args:
         source (`str`, `os.PathLike` or `bytes`):
@@ -98,16 +97,21 @@ def open_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = DE
             raise ImageCheckError(f"image file not found: {fp}")
     image = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(fp)
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
+        # PIL refuses more than 2x `Image.MAX_IMAGE_PIXELS` here, and only warns above 1x. The warning band is checked
+        # below from the size; turning the warning into an error with `warnings.catch_warnings` would not be safe:
+        # images are opened by several threads at once, and that context manager swaps process-wide filters.
+        image = Image.open(fp)
+        width, height = image.size
+        for limit, setting in (
+            (max_pixels, "max_image_pixels"),
+            (Image.MAX_IMAGE_PIXELS, "PIL.Image.MAX_IMAGE_PIXELS"),
+        ):
+            if limit is not None and width * height > limit:
                 raise ImageCheckError(
-                    f"image {name} has {width}x{height} = {width * height} pixels, more than the limit of "
-                    f"{max_pixels} (decompression-bomb guard; raise `max_image_pixels` if the image is genuine)"
+                    f"image {name} has {width}x{height} = {width * height} pixels, more than the limit of {limit} "
+                    f"(decompression-bomb guard; raise `{setting}` if the image is genuine)"
                 )
-            image.load()  # decodes the first frame: truncated or corrupt data fails here, not mid-training
+        image.load()  # decodes the first frame: truncated or corrupt data fails here, not mid-training
     except ImageCheckError:
         if image is not None:
             image.close()
