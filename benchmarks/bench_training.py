@@ -231,10 +231,12 @@ def run_ours_in_subprocess(data_dir: Path, fusion: str, precision: str, work: Pa
     run_dir = Path(tempfile.mkdtemp(dir=work, prefix="run-"))
     command = [sys.executable, __file__, *sys.argv[1:], "--data", str(data_dir), "--worker", fusion, precision]
     try:
-        output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=run_dir).stdout
+        result = subprocess.run(command, capture_output=True, text=True, cwd=run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return json.loads(output.strip().splitlines()[-1])
+    if result.returncode != 0:
+        raise RuntimeError(f"our {fusion} {precision} run failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -308,7 +310,7 @@ def main():
     parser.add_argument(
         "--optim",
         default="adamw_torch_fused",
-        help="our Trainer's optimizer (the reference: adamw_torch, the same AdamW, one kernel per tensor group)",
+        help="our Trainer's optimizer (the reference: adamw_torch; the fused one is the same AdamW in one kernel)",
     )
     parser.add_argument(
         "--repeats", type=int, default=1, help="run every configuration this many times, interleaved; report medians"
