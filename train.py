@@ -339,7 +339,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\nSaved the model, processor, metrics, report, predictions and model card to {output_dir}/")
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="mmfusion: trained model, evaluation report and model card")
+    release_process_group(training_args)
     return results
+
+
+def release_process_group(training_args) -> None:
+    """Under torchrun, wait for every rank, then shut the process group down before the interpreter exits.
+
+    Left to interpreter teardown, gloo's worker threads can outlive Python and abort a run that
+    succeeded ("terminate called without an active exception", exit code -6).
+    """
+    state = training_args.distributed_state
+    if state is not None and state.use_distributed:
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 if __name__ == "__main__":
