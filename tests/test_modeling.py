@@ -22,13 +22,16 @@ def batch(batch_size=4, seq_len=9, num_labels=2, seed=0):
     }
 
 
+@pytest.mark.parametrize("freeze_vision_encoder", [False, True])
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_forward_backward_gives_loss_logits_and_gradients(fusion):
-    model = tiny_model(fusion).train()
+def test_forward_backward_gives_loss_logits_and_gradients(fusion, freeze_vision_encoder):
+    model = tiny_model(fusion, freeze_vision_encoder=freeze_vision_encoder).train()
     outputs = model(**batch())
     assert outputs.logits.shape == (4, 2)
     assert outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
     outputs.loss.backward()
+    # Every trainable parameter takes part in the loss: what lets DDP skip its search for unused parameters
+    # (`ddp_find_unused_parameters: False` in our training defaults).
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"
 

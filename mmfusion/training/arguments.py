@@ -119,6 +119,9 @@ TRAINING_DEFAULTS = {
     "logging_steps": 10,
     "report_to": "none",
     "remove_unused_columns": False,  # the collator builds exactly the model inputs
+    # Every trainable parameter gets a gradient on every step (tested, all fusions): DDP need not walk the autograd
+    # graph looking for unused ones after each backward, which the Trainer asks for by default.
+    "ddp_find_unused_parameters": False,
     "dataloader_pin_memory": torch.cuda.is_available(),
     "seed": 42,
 }
