@@ -344,14 +344,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def release_process_group(training_args) -> None:
-    """Under torchrun, wait for every rank, then shut the process group down before the interpreter exits.
+    """Under torchrun, shut this rank's process group down before the interpreter exits.
 
     Left to interpreter teardown, gloo's worker threads can outlive Python and abort a run that
-    succeeded ("terminate called without an active exception", exit code -6).
+    succeeded ("terminate called without an active exception", exit code -6). No barrier first: the
+    last collective is behind us, and a rank waiting here on rank 0's upload to the Hub could time out.
     """
     state = training_args.distributed_state
     if state is not None and state.use_distributed:
-        state.wait_for_everyone()
         state.destroy_process_group()
 
 
