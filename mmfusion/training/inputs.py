@@ -178,6 +178,8 @@ def encode_images(
     `tower_fingerprint` is `weights_fingerprint(vision tower)`, when the caller has it already.
     """
     towers = model.base_model
+    home = next(towers.vision_model.parameters()).device
+    device = torch.device(device) if device is not None else home
     fingerprint = Hasher.hash(
         [
             "image-features",
@@ -198,8 +200,6 @@ def encode_images(
             features = model.get_image_features(pixel_values)
         return features.float().cpu().numpy()
 
-    home = next(towers.vision_model.parameters()).device
-    device = torch.device(device) if device is not None else home
     was_training = towers.vision_model.training
     try:
         # Only the tower visits `device` (e.g. the GPU, before the Trainer places the model): where the model lives
