@@ -19,17 +19,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from mmfusion.checkpoints import CheckpointError
+from mmfusion.evaluation.ablation import ABLATION_TITLES
 from mmfusion.inference import MMFusionPredictor, modality_report
 from mmfusion.inference.images import ImageCheckError
 
 DEFAULT_CHECKPOINT = "outputs/demo-early-fusion"
 CHECKPOINT_ENV = "MMFUSION_CHECKPOINT"
-ABLATION_TITLES = {
-    "full": "image + caption",
-    "image_blanked": "image blanked",
-    "text_emptied": "caption emptied",
-    "both_blanked": "both removed",
-}
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"onnx_file": args.onnx_file} if args.backend == "onnx" else {}
     try:
         predictor = load_predictor(resolve_checkpoint(args.checkpoint), backend=args.backend, **options)
-    except CheckpointNotFoundError as error:
+    except (CheckpointNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     build_demo(predictor).launch(server_name=args.host, server_port=args.port, share=args.share or None)

@@ -18,200 +18,62 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-import datasets
 import transformers
-from transformers import AutoProcessor, AutoTokenizer, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from mmfusion import MMFusionConfig, MMFusionForClassification, MMFusionProcessor, default_image_processor
-from mmfusion.configuration_mmfusion import vision_grid_size
-from mmfusion.data import load_image_text_dataset
-from mmfusion.predictions import write_predictions_csv
-from mmfusion.presets import small_text_config, small_vision_config
-from mmfusion.tokenization import train_wordpiece_tokenizer
-from mmfusion.training.arguments import DataArguments, ModelArguments, parse_arguments
+from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
+from mmfusion.evaluation.model_card import write_model_card
+from mmfusion.evaluation.report import format_metrics_table, write_eval_report
+from mmfusion.training.arguments import parse_arguments
 from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
-from mmfusion.training.metrics import best_model_metric, make_compute_metrics
-from mmfusion.training.model_card import write_model_card
-from mmfusion.training.report import SplitPredictions, write_eval_report
+from mmfusion.training.output_lock import OutputDirLock
+from mmfusion.training.setup import (
+    build_model,
+    build_processor,
+    check_train_split,
+    is_hub_dataset,
+    is_labeled,
+    limit_samples,
+    load_data,
+    resolve_image_size,
+    resolve_splits,
+)
 from mmfusion.training.trainer import MMFusionTrainer
 
 logger = logging.getLogger("train")
 REPO_ROOT = Path(__file__).resolve().parent
-VALIDATION_SPLITS = ("validation", "dev_seen", "dev", "val")
-TEST_SPLITS = ("test", "test_seen")
-
-
-def load_data(data_args: DataArguments) -> datasets.DatasetDict:
-    files = {
-        split: path
-        for split, path in (
-            ("train", data_args.train_file),
-            ("validation", data_args.validation_file),
-            ("test", data_args.test_file),
-        )
-        if path
-    }
-    if not files and data_args.dataset == "demo":
-        return load_image_text_dataset("demo", seed=data_args.demo_seed)
-    source = files or data_args.dataset
-    options = {"on_bad_rows": data_args.on_bad_rows}
-    if files or str(source).endswith((".jsonl", ".csv", ".tsv")):
-        options.update(
-            image_column=data_args.image_column,
-            text_column=data_args.text_column,
-            label_column=data_args.label_column,
-            id_column=data_args.id_column,
-            class_names=data_args.class_names,
-        )
-    elif is_hub_dataset(source):  # a Hub dataset with image/text/label columns
-        source = datasets.load_dataset(source)
-        options.update(
-            image_column=data_args.image_column,
-            text_column=data_args.text_column,
-            label_column=data_args.label_column,
-            class_names=data_args.class_names,
-        )
-    return load_image_text_dataset(source, **options)
-
-
-def is_hub_dataset(name: str) -> bool:
-    return name != "demo" and not Path(name).exists() and not name.endswith((".jsonl", ".csv", ".tsv"))
-
-
-def is_labeled(split: datasets.Dataset) -> bool:
-    return len(split) > 0 and min(split["label"]) >= 0
-
-
-def resolve_splits(dataset: datasets.DatasetDict, data_args: DataArguments) -> dict[str, str | None]:
-    def first_present(preferred, candidates, need_labels):
-        if preferred is not None:
-            if preferred not in dataset:
-                raise ValueError(f"Split {preferred!r} not found; the data has {', '.join(dataset)}")
-            return preferred
-        for name in candidates:
-            if name in dataset and (not need_labels or is_labeled(dataset[name])):
-                return name
-        return None
-
-    return {
-        "train": first_present(data_args.train_split, (), True),
-        "validation": first_present(data_args.validation_split, VALIDATION_SPLITS, True),
-        "test": first_present(data_args.test_split, TEST_SPLITS, True),
-    }
-
-
-def build_processor(model_args: ModelArguments, image_size: int, train_texts) -> MMFusionProcessor:
-    if model_args.model_name_or_path:
-        return AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
-    if model_args.text_model_name_or_path:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
-    else:  # a small random text tower gets a vocabulary learnt from the training captions
-        tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size=model_args.tokenizer_vocab_size)
-    return MMFusionProcessor(default_image_processor(image_size), tokenizer)
-
-
-def resolve_image_size(model_args: ModelArguments) -> int:
-    if model_args.model_name_or_path:
-        return MMFusionConfig.from_pretrained(model_args.model_name_or_path).image_size
-    pretrained_vision = model_args.vision_model_name_or_path is not None
-    return model_args.image_size or (224 if pretrained_vision else 64)
-
-
-def build_model(model_args: ModelArguments, label_names: list[str], vocab_size: int, image_size: int):
-    if model_args.model_name_or_path:
-        model = MMFusionForClassification.from_pretrained(
-            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
-        )
-        if model.config.num_labels != len(label_names):
-            raise ValueError(
-                f"{model_args.model_name_or_path} predicts {model.config.num_labels} classes; the data has "
-                f"{len(label_names)} ({', '.join(label_names)})."
-            )
-        return model
-    settings = dict(
-        fusion=model_args.fusion,
-        image_size=image_size,
-        fusion_hidden_size=model_args.fusion_hidden_size,
-        fusion_num_heads=model_args.fusion_num_heads,
-        classifier_dropout=model_args.classifier_dropout,
-        modality_dropout=model_args.modality_dropout,
-        freeze_text_encoder=model_args.freeze_text_encoder,
-        freeze_vision_encoder=model_args.freeze_vision_encoder,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: index for index, name in enumerate(label_names)},
-    )
-    if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
-        raise ValueError("Give both --text_model_name_or_path and --vision_model_name_or_path, or neither.")
-    if model_args.text_model_name_or_path:
-        if model_args.vision_model_name_or_path.startswith("torchvision/"):
-            from mmfusion.torchvision_resnet import torchvision_resnet_config
-
-            vision_config = torchvision_resnet_config(model_args.vision_model_name_or_path.split("/", 1)[1])
-        else:
-            vision_config = transformers.AutoConfig.from_pretrained(model_args.vision_model_name_or_path)
-        settings["num_image_tokens"] = model_args.num_image_tokens or default_image_tokens(vision_config, image_size)
-        return MMFusionForClassification.from_text_vision_pretrained(
-            model_args.text_model_name_or_path,
-            model_args.vision_model_name_or_path,
-            torchvision_weights=model_args.torchvision_weights,
-            text_kwargs={"attn_implementation": model_args.attn_implementation},
-            **settings,
-        )
-    text_config = small_text_config(
-        vocab_size, hidden_size=model_args.small_text_hidden_size, num_layers=model_args.small_text_layers
-    )
-    vision_config = small_vision_config(model_args.small_vision_width, model_args.small_vision_stages)
-    settings["num_image_tokens"] = model_args.num_image_tokens or default_image_tokens(vision_config, image_size)
-    config = MMFusionConfig(text_config=text_config, vision_config=vision_config, **settings)
-    config._attn_implementation = model_args.attn_implementation
-    return MMFusionForClassification(config)
-
-
-def default_image_tokens(vision_config, image_size: int) -> int:
-    """The whole feature grid, pooled down to at most 7x7 = 49 tokens."""
-    grid = vision_grid_size(vision_config, image_size) or 7
-    return min(grid, 7) ** 2
-
-
-def print_metrics_table(results: dict[str, float]) -> None:
-    rows = sorted(
-        (key.split("_", 1)[0], key.split("_", 1)[1], value)
-        for key, value in results.items()
-        if isinstance(value, float) and "_" in key and not key.endswith(("runtime", "per_second"))
-    )
-    print("\nFinal metrics")
-    print(f"{'split':<8} {'metric':<28} {'value':>8}")
-    for split, metric, value in rows:
-        print(f"{split:<8} {metric:<28} {value:>8.4f}")
 
 
 def main(argv: list[str] | None = None) -> dict:
+    # 1. Arguments and logging: defaults < config file < command line.
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    # One run per output folder (held by the main process; also proves the folder writable in the first second).
+    with OutputDirLock(training_args.output_dir) if training_args.process_index == 0 else nullcontext():
+        return train_and_evaluate(model_args, data_args, training_args)
+
+
+def train_and_evaluate(model_args, data_args, training_args) -> dict:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.WARNING)
     # This script's own progress messages on the main process; transformers stays at its --log_level.
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
 
+    # 2. Data: every row checked once at load time, then the splits that play train/validation/test.
     with training_args.main_process_first(desc="loading data"):
         raw = load_data(data_args)
     splits = resolve_splits(raw, data_args)
-    if training_args.do_train and splits["train"] is None:
-        raise ValueError(f"No labeled {data_args.train_split!r} split to train on; the data has {', '.join(raw)}")
+    if training_args.do_train:
+        check_train_split(raw, splits, data_args)
     label_names = raw[next(iter(raw))].features["label"].names
-    for limit, names in (
-        (data_args.max_train_samples, ["train"]),
-        (data_args.max_eval_samples, ["validation", "test"]),
-    ):
-        for role in names:
-            if limit and splits[role]:
-                raw[splits[role]] = raw[splits[role]].select(range(min(limit, len(raw[splits[role]]))))
+    limit_samples(raw, splits, data_args)
 
+    # 3. Processor and model.
     image_size = resolve_image_size(model_args)
     train_texts = raw[splits["train"] or next(iter(raw))]["text"]
     processor = build_processor(model_args, image_size, train_texts)
@@ -225,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cached frozen-tower features" if use_features else "cached uint8 pixels",
     )
 
+    # 4. Model inputs, computed once into the datasets cache (tokens, resized pixels or frozen-tower features).
     with training_args.main_process_first(desc="preparing model inputs"):
         prepared = prepare_model_inputs(
             raw,
@@ -236,13 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
             autocast_dtype=training_autocast_dtype(training_args),
         )
 
+    # 5. The Trainer: model selection on the validation split's headline metric (AUROC or macro-F1).
     if training_args.metric_for_best_model in (None, "loss") and splits["validation"]:
         training_args.metric_for_best_model = best_model_metric(len(label_names))
         training_args.greater_is_better = True
     if not splits["validation"]:
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
-
     collator = MMFusionCollator.for_processor(
         processor, pad_to_multiple_of=8 if training_args.device.type == "cuda" else 1
     )
@@ -256,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
     )
 
+    # 6. Train, resuming from the output folder's last checkpoint when there is one.
     results: dict[str, float] = {}
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint
@@ -273,41 +137,32 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_state()
         results.update({f"train_{k.removeprefix('train_')}": v for k, v in train_result.metrics.items()})
 
+    # 7. Evaluate; predict every split (unlabeled test splits included) and score the labeled ones with the
+    #    modality ablation.
     for role in ("validation", "test"):
         if training_args.do_eval and splits[role]:
             prefix = "eval" if role == "validation" else "test"
             results.update(trainer.evaluate(prepared[splits[role]], metric_key_prefix=prefix))
-
     predictions, ablations = {}, {}
     default_predict = [name for name in raw if name != splits["train"]] if training_args.do_predict else []
-    predict_splits = data_args.predict_splits or default_predict
-    for name in predict_splits:
-        probabilities = trainer.predict_probabilities(prepared[name])
-        predictions[name] = SplitPredictions(
-            ids=list(raw[name]["id"]),
-            texts=list(raw[name]["text"]),
-            labels=raw[name]["label"],
-            probabilities=probabilities,
-        )
+    for name in data_args.predict_splits or default_predict:
+        predictions[name] = trainer.predict_split(raw[name], prepared[name], name)
         if training_args.do_eval and is_labeled(raw[name]) and name != splits["train"]:
             ablations[name] = trainer.ablation_probabilities(prepared[name], processor)
 
+    # 8. Outputs (main process): metrics, predictions in the challenge format, the report and the model card.
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         trainer.save_metrics("all", results)
         for name, split_predictions in predictions.items():
-            write_predictions_csv(
-                output_dir / f"predictions_{name}.csv",
-                split_predictions.ids,
-                split_predictions.probabilities,
-                label_names,
-            )
+            split_predictions.to_csv(output_dir / f"predictions_{name}.csv")
         report = write_eval_report(
             output_dir,
             label_names=label_names,
             predictions=predictions,
             ablations=ablations,
             log_history=trainer.state.log_history,
+            best_step=trainer.state.best_global_step,
             num_errors=data_args.report_num_errors,
         )
         write_model_card(
@@ -316,13 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
             eval_report=report,
             dataset_name=data_args.dataset,
             base_models=[
-                m
-                for m in (
+                name
+                for name in (
                     model_args.model_name_or_path,
                     model_args.text_model_name_or_path,
                     model_args.vision_model_name_or_path,
                 )
-                if m
+                if name
             ],
             template_path=REPO_ROOT / "model_card.md",
             model_id=training_args.hub_model_id,
@@ -335,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "seed": training_args.seed,
             },
         )
-        print_metrics_table(results)
+        print(format_metrics_table(results))
         print(f"\nSaved the model, processor, metrics, report, predictions and model card to {output_dir}/")
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="mmfusion: trained model, evaluation report and model card")

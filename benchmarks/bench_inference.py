@@ -40,8 +40,8 @@ from mmfusion.configuration_mmfusion import vision_grid_size
 from mmfusion.inference import INT8_ONNX_FILENAME, ONNX_FILENAME, MMFusionPredictor, export_onnx
 from mmfusion.inference.backends import default_session_options
 from mmfusion.inference.quantization import DEFAULT_OP_TYPES, quantize_int8
-from mmfusion.presets import resnet18_config, small_text_config, small_vision_config
-from mmfusion.tokenization import train_wordpiece_tokenizer
+from mmfusion.training.presets import resnet18_config, small_text_config, small_vision_config
+from mmfusion.training.tokenization import train_wordpiece_tokenizer
 
 WORDS = (
     "look at this my friend today again so very what a day the people here when you see it we sun fire summer "

@@ -111,15 +111,17 @@ class AnonymousMemoryPeak:
 # ---------------------------------------------------------------------------------------------------------------------
 # ours
 def build(args, fusion: str, train_texts):
-    from mmfusion import MMFusionConfig, MMFusionForClassification, MMFusionProcessor, default_image_processor
-    from mmfusion.presets import resnet18_config, small_text_config
-    from mmfusion.tokenization import train_wordpiece_tokenizer
+    from mmfusion import MMFusionConfig, MMFusionForClassification
     from mmfusion.torchvision_resnet import torchvision_resnet_config
+    from mmfusion.training.arguments import ModelArguments
+    from mmfusion.training.presets import resnet18_config, small_text_config
+    from mmfusion.training.setup import build_processor
 
-    tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size=1000)
+    # train.py's processor for a small random text tower: a vocabulary of 1,000 learnt from the captions, 224 px
+    processor = build_processor(ModelArguments(tokenizer_vocab_size=1000), 224, train_texts)
     # BERT's own dropout/init here: the same model as the reference, only the pipeline differs
     text_config = small_text_config(
-        len(tokenizer),
+        len(processor.tokenizer),
         hidden_size=args.bert_hidden,
         num_layers=args.bert_layers,
         initializer_range=0.02,
@@ -137,7 +139,7 @@ def build(args, fusion: str, train_texts):
         num_labels=2,
     )
     config._attn_implementation = "sdpa"
-    return MMFusionForClassification(config), MMFusionProcessor(default_image_processor(224), tokenizer)
+    return MMFusionForClassification(config), processor
 
 
 def run_ours(args, data_dir: Path, fusion: str, precision: str, work: Path) -> dict:

@@ -29,7 +29,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     if image.mode == "RGB":
         return image
     if image.mode in _HIGH_BIT_DEPTH_MODES:
-        image = Image.fromarray(_rescale_to_uint8(np.asarray(image)), mode="L")
+        image = Image.fromarray(rescale_to_uint8(np.asarray(image)), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in _MODES_WITH_ALPHA:
@@ -39,13 +39,22 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB")
 
 
-def _rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Pixels already on the 0-255 scale (e.g. resized but not rescaled) rounded and clipped to uint8."""
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Pixels of any scale as uint8: floats in [0, 1] times 255, 16-bit values divided by 257, the rest as is."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    is_float = pixels.dtype.kind == "f"
     pixels = pixels.astype(np.float64)
-    if pixels.dtype.kind == "f" and pixels.size and pixels.max() <= 1.0 and pixels.min() >= 0.0:
+    if is_float and pixels.size and pixels.max() <= 1.0 and pixels.min() >= 0.0:
         pixels = pixels * 255.0  # float images in [0, 1]
     elif pixels.size and pixels.max() > 255:
         pixels = pixels / 257.0  # 16-bit range: 65535 -> 255
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return to_uint8(pixels)
 
 
 def default_image_processor(image_size: int = 224):
@@ -117,4 +126,4 @@ class MMFusionProcessor(ProcessorMixin):
 
 MMFusionProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["MMFusionProcessor", "default_image_processor", "to_rgb"]
+__all__ = ["MMFusionProcessor", "default_image_processor", "rescale_to_uint8", "to_rgb", "to_uint8"]

@@ -22,7 +22,17 @@ TORCHVISION_RESNETS = {
     "resnet152": ("bottleneck", [3, 8, 36, 3], [256, 512, 1024, 2048]),
 }
 
+# How a vision tower name asks for torchvision's weights: "torchvision/resnet18".
+TORCHVISION_PREFIX = "torchvision/"
+
 _NORM_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def torchvision_architecture(name_or_path: str | None) -> str | None:
+    """`"resnet18"` for `"torchvision/resnet18"`; None for any other tower name (a Hub id or a local folder)."""
+    if name_or_path and name_or_path.startswith(TORCHVISION_PREFIX):
+        return name_or_path.removeprefix(TORCHVISION_PREFIX)
+    return None
 
 
 def torchvision_resnet_config(arch: str) -> ResNetConfig:
@@ -87,6 +97,8 @@ def load_torchvision_resnet(arch: str, weights_path: str | None = None) -> ResNe
 
 
 __all__ = [
+    "TORCHVISION_PREFIX",
+    "torchvision_architecture",
     "TORCHVISION_RESNETS",
     "convert_torchvision_resnet_state_dict",
     "load_torchvision_resnet",

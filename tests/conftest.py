@@ -43,7 +43,7 @@ def trained_demo_checkpoint(tmp_path_factory) -> TrainedDemoCheckpoint:
 
     from mmfusion import MMFusionForClassification, MMFusionProcessor, default_image_processor
     from mmfusion.data import demo_cues, load_demo_dataset
-    from mmfusion.tokenization import train_wordpiece_tokenizer
+    from mmfusion.training.tokenization import train_wordpiece_tokenizer
 
     image_size, max_length, hidden = 32, 16, 32
     dataset = load_demo_dataset()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from mmfusion.training.metrics import (
+from mmfusion.evaluation.metrics import (
     baseline_metrics,
     best_model_metric,
     classification_metrics,

@@ -5,11 +5,19 @@ import pytest
 from huggingface_hub import ModelCard
 from tiny_models import tiny_config
 
-from mmfusion.training.model_card import write_model_card
-from mmfusion.training.report import SplitPredictions, write_eval_report
+from mmfusion.evaluation.model_card import write_model_card
+from mmfusion.evaluation.predictions import Predictions
+from mmfusion.evaluation.report import write_eval_report
 
 BINARY = ["not_hateful", "hateful"]
 SENTIMENT = ["negative", "neutral", "positive"]
+
+
+def predictions_of(ids, texts, labels, probabilities, names=None) -> Predictions:
+    """A split's predictions in the order the report tests write them; class names from the width of the table."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    names = names or (BINARY if probabilities.shape[1] == 2 else [f"class_{i}" for i in range(probabilities.shape[1])])
+    return Predictions(ids=ids, probabilities=probabilities, label_names=names, true_labels=labels, texts=texts)
 
 
 def binary(p1):
@@ -20,17 +28,15 @@ def binary(p1):
 @pytest.fixture
 def hateful_report(tmp_path):
     predictions = {
-        "validation": SplitPredictions(
+        "validation": predictions_of(
             [f"{i:05d}" for i in range(6)],
             ["its their character", "putting bows on your pet", "c", "d", "e", "f"],
             np.array([0, 0, 0, 1, 1, 1]),
             binary([0.1, 0.4, 0.7, 0.3, 0.8, 0.9]),
         ),
-        "test_seen": SplitPredictions(
-            ["t0", "t1", "t2"], ["x", "y", "z"], np.array([0, 1, 1]), binary([0.2, 0.9, 0.4])
-        ),
-        "test_unseen": SplitPredictions(["u0"], ["w"], np.array([-1]), binary([0.6])),
-        "train": SplitPredictions(["r0", "r1"], ["p", "q"], np.array([0, 1]), binary([0.1, 0.9])),
+        "test_seen": predictions_of(["t0", "t1", "t2"], ["x", "y", "z"], np.array([0, 1, 1]), binary([0.2, 0.9, 0.4])),
+        "test_unseen": predictions_of(["u0"], ["w"], np.array([-1]), binary([0.6])),
+        "train": predictions_of(["r0", "r1"], ["p", "q"], np.array([0, 1]), binary([0.1, 0.9])),
     }
     validation = predictions["validation"].probabilities
     ablations = {"validation": {"image_blanked": validation, "text_emptied": binary(np.full(6, 0.45))}}
@@ -101,7 +107,7 @@ def test_binary_card_metadata_and_model_index(tmp_path, repo_root, hateful_repor
     assert "| learning_rate | 5e-06 |" in body
     validation_accuracy = hateful_report["splits"]["validation"]["metrics"]["accuracy"]
     assert f"| validation | 6 | {validation_accuracy:.4f} |" in body
-    assert "relies on **the text**" in body  # image_blanked == full
+    assert "**relies on the caption**" in body  # image_blanked == full
     assert "| train (training data) | 2 |" in body
     assert "{{" not in body and "{%" not in body
 
@@ -112,7 +118,7 @@ def test_three_class_card_without_hub_dataset(tmp_path, repo_root):
         tmp_path,
         label_names=SENTIMENT,
         predictions={
-            "validation": SplitPredictions(list("abcd"), list("wxyz"), np.array([0, 1, 2, 2]), probabilities)
+            "validation": predictions_of(list("abcd"), list("wxyz"), np.array([0, 1, 2, 2]), probabilities, SENTIMENT)
         },
     )
     config = tiny_config("concat", id2label=dict(enumerate(SENTIMENT)))

@@ -3,7 +3,7 @@ import csv
 import numpy as np
 import pytest
 
-from mmfusion.predictions import write_predictions_csv
+from mmfusion.evaluation.predictions import write_predictions_csv
 
 
 def read(path):

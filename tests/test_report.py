@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmfusion.training.metrics import baseline_metrics, classification_metrics
-from mmfusion.training.plots import plot_training_curves, training_curve_series
-from mmfusion.training.report import SplitPredictions, write_eval_report
+from mmfusion.evaluation.metrics import baseline_metrics, classification_metrics
+from mmfusion.evaluation.plots import best_evaluation, plot_training_curves, training_curve_series
+from mmfusion.evaluation.predictions import Predictions
+from mmfusion.evaluation.report import write_eval_report
 
 NAMES = ["not_hateful", "hateful"]
+
+
+def predictions_of(ids, texts, labels, probabilities, names=None) -> Predictions:
+    """A split's predictions in the order the report tests write them; class names from the width of the table."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    names = names or (NAMES if probabilities.shape[1] == 2 else [f"class_{i}" for i in range(probabilities.shape[1])])
+    return Predictions(ids=ids, probabilities=probabilities, label_names=names, true_labels=labels, texts=texts)
 
 
 def binary(p1) -> np.ndarray:
@@ -22,11 +30,11 @@ def constant(p1: float, n: int) -> np.ndarray:
     return binary(np.full(n, p1))
 
 
-def validation_split() -> SplitPredictions:
+def validation_split() -> Predictions:
     # predicted [0, 0, 1, 1, 0, 1, 1, 1]; errors: row 3 (p 0.95), row 4 (p 0.8), row 2 (p 0.7).
     # The unlabeled last row is confidently "hateful" and must never be listed as an error.
     p1 = [0.05, 0.3, 0.7, 0.95, 0.2, 0.6, 0.8, 0.9, 0.999]
-    return SplitPredictions(
+    return predictions_of(
         ids=[f"v{i}" for i in range(9)],
         texts=[f"caption {i}" for i in range(8)] + ["unlabeled | with a pipe"],
         labels=np.array([0, 0, 0, 0, 1, 1, 1, 1, -1]),
@@ -34,8 +42,8 @@ def validation_split() -> SplitPredictions:
     )
 
 
-def seen_split() -> SplitPredictions:
-    return SplitPredictions(
+def seen_split() -> Predictions:
+    return predictions_of(
         ids=["s0", "s1", "s2", "s3"],
         texts=["a", "b", "c", "d"],
         labels=np.array([0, 1, 0, 1]),
@@ -43,8 +51,8 @@ def seen_split() -> SplitPredictions:
     )
 
 
-def unlabeled_split() -> SplitPredictions:
-    return SplitPredictions(
+def unlabeled_split() -> Predictions:
+    return predictions_of(
         ids=["u0", "u1", "u2"], texts=["x", "y", "z"], labels=np.full(3, -1), probabilities=binary([0.9, 0.2, 0.7])
     )
 
@@ -116,10 +124,12 @@ def test_json_matches_metrics(written):
     assert on_disk["label_names"] == NAMES and on_disk["primary_metric"] == "auroc"
     validation = on_disk["splits"]["validation"]
     split = predictions["validation"]
-    assert validation["metrics"] == pytest.approx(classification_metrics(split.probabilities, split.labels, NAMES))
+    assert validation["metrics"] == pytest.approx(
+        classification_metrics(split.probabilities, split.true_labels, NAMES)
+    )
     assert validation["metrics"]["accuracy"] == pytest.approx(5 / 8)
     assert validation["metrics"]["auroc"] == pytest.approx(9 / 16)
-    assert validation["baselines"] == pytest.approx(baseline_metrics(split.labels, NAMES))
+    assert validation["baselines"] == pytest.approx(baseline_metrics(split.true_labels, NAMES))
     assert validation["num_examples"] == 9 and validation["num_labeled"] == 8
     assert validation["confusion_matrix"] == [[2, 2], [1, 3]]
     assert validation["label_distribution"] == {"not_hateful": 4, "hateful": 4}
@@ -172,7 +182,7 @@ def test_ablation_table_and_reading(written):
     assert reliance["summary"] == "text"
     assert reliance["retained"]["image_blanked"] == pytest.approx(1.0)
     assert reliance["agreement"]["image_blanked"] == pytest.approx(1.0)
-    assert any("relies on the text" in note for note in reliance["notes"])
+    assert any("relies on the caption" in note for note in reliance["notes"])
     assert any("`not_hateful`" in note for note in reliance["notes"])  # both blanked -> its prior
     seen = report["splits"]["test_seen"]["modality_reliance"]
     assert seen["summary"] == "both"
@@ -188,7 +198,7 @@ def test_markdown(written):
         in (markdown)
     )
     assert "| image blanked | 0.6250 | 0.5625 |" in markdown
-    assert "relies on **the text**" in markdown and "needs **both modalities together**" in markdown
+    assert "**relies on the caption**" in markdown and "**needs the image and the caption together**" in markdown
     assert "### Most confident errors (3)" in markdown
     assert "| v3 | caption 3 | not_hateful | hateful | 0.9500 |" in markdown
     assert "## test_unseen (unlabeled, 3 examples)" in markdown
@@ -219,13 +229,26 @@ def test_training_curve_series():
     assert "eval_runtime" not in series and "eval_samples_per_second" not in series
 
 
+def test_curves_leave_out_the_final_evaluation_of_the_kept_checkpoint(tmp_path):
+    # train.py evaluates the best checkpoint (epoch 2) again after training: logged at the last step, after the
+    # Trainer's summary. Drawn, it would look like a jump in the last epoch.
+    history = log_history() + [{"eval_loss": 0.6, "eval_auroc": 0.7, "epoch": 3.0, "step": 75}]
+    series = training_curve_series(history)
+    assert series["eval_auroc"]["x"] == [1.0, 2.0, 3.0]
+    assert series["eval_auroc"]["y"] == pytest.approx([0.6, 0.7, 0.8])
+    assert series["eval_loss"]["x"] == [25.0, 50.0, 75.0]
+    assert best_evaluation(history, best_step=50)["epoch"] == 2.0
+    assert best_evaluation(history, best_step=None) is None
+    assert plot_training_curves(history, tmp_path / "curves.png", best_step=50) == tmp_path / "curves.png"
+
+
 def test_training_curves_without_data(tmp_path):
     assert plot_training_curves([{"train_runtime": 1.0, "epoch": 1.0}], tmp_path / "curves.png") is None
     assert not (tmp_path / "curves.png").exists()
 
 
 def test_single_class_split_gives_null_auroc(tmp_path):
-    split = SplitPredictions(["a", "b"], ["x", "y"], np.array([1, 1]), binary([0.8, 0.3]))
+    split = predictions_of(["a", "b"], ["x", "y"], np.array([1, 1]), binary([0.8, 0.3]))
     report = write_eval_report(tmp_path, label_names=NAMES, predictions={"validation": split})
     assert report["splits"]["validation"]["metrics"]["auroc"] is None
     assert strict_json(tmp_path / "eval_report.json")["splits"]["validation"]["metrics"]["accuracy"] == 0.5
@@ -235,7 +258,7 @@ def test_single_class_split_gives_null_auroc(tmp_path):
 def test_three_class_report(tmp_path):
     names = ["negative", "neutral", "positive"]
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]])
-    split = SplitPredictions(["a", "b", "c", "d"], ["w", "x", "y", "z"], np.array([0, 1, 2, 2]), probabilities)
+    split = predictions_of(["a", "b", "c", "d"], ["w", "x", "y", "z"], np.array([0, 1, 2, 2]), probabilities, names)
     report = write_eval_report(tmp_path, label_names=names, predictions={"validation": split})
     assert report["primary_metric"] == "macro_f1"
     assert report["splits"]["validation"]["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]

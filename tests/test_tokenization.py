@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from mmfusion.tokenization import train_wordpiece_tokenizer
+from mmfusion.training.tokenization import train_wordpiece_tokenizer
 
 TEXTS = ["its their character not their color that matters", "putting bows on your pet", "the pet sleeps"] * 3
 
@@ -14,7 +14,7 @@ def test_tokenizer_adds_cls_and_sep_and_spells_out_unseen_words():
 
 def test_same_texts_give_the_same_vocabulary_in_every_process():
     code = (
-        "from mmfusion.tokenization import train_wordpiece_tokenizer as t; import json;"
+        "from mmfusion.training.tokenization import train_wordpiece_tokenizer as t; import json;"
         f"print(json.dumps(t({TEXTS!r}, vocab_size=60).get_vocab(), sort_keys=True))"
     )
     outputs = {

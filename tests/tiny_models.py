@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mmfusion import MMFusionConfig, MMFusionForClassification, MMFusionProcessor, default_image_processor
-from mmfusion.presets import small_text_config, small_vision_config
-from mmfusion.tokenization import train_wordpiece_tokenizer
+from mmfusion.training.presets import small_text_config, small_vision_config
+from mmfusion.training.tokenization import train_wordpiece_tokenizer
 
 IMAGE_SIZE = 32
 CAPTIONS = [

@@ -10,6 +10,7 @@ Note: `mmfusion.inference.predict` is the convenience *function*; the command-li
 `mmfusion/inference/predict.py` (`python -m mmfusion.inference.predict`).
 """
 
+from ..evaluation.predictions import FilePredictions, Predictions
 from .backends import INT8_ONNX_FILENAME, ONNX_FILENAME, OnnxBackend, TorchBackend
 from .export import ExportInfo, export_onnx
 from .images import ImageCheckError, load_image
@@ -17,7 +18,6 @@ from .modality import ModalityReport, modality_report
 from .predict import predict
 from .predictor import MMFusionPredictor
 from .quantization import quantize_int8
-from .results import FilePredictions
 
 __all__ = [
     "ExportInfo",
@@ -28,6 +28,7 @@ __all__ = [
     "ModalityReport",
     "ONNX_FILENAME",
     "OnnxBackend",
+    "Predictions",
     "TorchBackend",
     "export_onnx",
     "load_image",

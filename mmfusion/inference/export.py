@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ablation import blank_image
+from ..evaluation.ablation import blank_image
 from .backends import INT8_ONNX_FILENAME, MODEL_INPUT_NAMES, ONNX_FILENAME, OnnxBackend
 from .quantization import quantize_int8
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.predictions import OUTPUT_FORMATS, Predictions
 from .backends import BACKENDS, ONNX_FILENAME
 from .images import ImageCheckError, ImageInput
 from .predictor import MMFusionPredictor
-from .results import OUTPUT_FORMATS, FilePredictions
 
 
 def predict(
@@ -36,7 +36,7 @@ def predict(
     split: str | None = None,
     backend: str = "torch",
     **options,
-) -> dict[str, Any] | FilePredictions:
+) -> dict[str, Any] | Predictions:
     """Load `checkpoint` and classify one pair (`image`, `text`) or every row of `input`.
 
     A convenience for one-off calls: it loads the model each time. Keep an `MMFusionPredictor` to classify repeatedly.
@@ -51,7 +51,7 @@ def predict(
             `progress`, `cache_dir`, ...) to `predict_file`.
 
     Returns:
-        The record of `MMFusionPredictor.predict` for a pair, `FilePredictions` for an input file.
+        The record of `MMFusionPredictor.predict` for a pair, `Predictions` for an input file.
 
     Example:
 
@@ -156,11 +156,11 @@ def write_pair(record: dict[str, Any], example_id: str, output: str | None) -> N
     else:
         names = list(record["probabilities"])
         probabilities = [[record["probabilities"][name] for name in names]]
-        FilePredictions(ids=[example_id], probabilities=np.asarray(probabilities), label_names=names).to_csv(output)
+        Predictions(ids=[example_id], probabilities=np.asarray(probabilities), label_names=names).to_csv(output)
     print(f"Wrote {output}", file=sys.stderr)
 
 
-def write_file_predictions(predictions: FilePredictions, output: str | None) -> None:
+def write_file_predictions(predictions: Predictions, output: str | None) -> None:
     """Write to `output` (.csv or .json), or the challenge-format CSV to stdout; report skipped rows on stderr."""
     if output is None:
         writer = csv.writer(sys.stdout)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..checkpoints import check_checkpoint
+from ..evaluation.predictions import Predictions, prediction_record, probabilities_from_logits
 from .backends import (
     BACKENDS,
     ONNX_FILENAME,
@@ -18,23 +20,12 @@ from .backends import (
     resolve_model_folder,
 )
 from .images import ImageInput, load_image
-from .results import FilePredictions, prediction_record
 
 
 def label_names_from_config(config) -> list[str]:
     """Class names in class-id order (`config.id2label` may have int or str keys after a JSON round trip)."""
     id2label = {int(index): name for index, name in config.id2label.items()}
     return [id2label[index] for index in range(len(id2label))]
-
-
-def logits_to_probabilities(logits: np.ndarray, problem_type: str | None) -> np.ndarray:
-    """Softmax over classes; independent sigmoids for multi-label models."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if problem_type == "multi_label_classification":
-        return 1.0 / (1.0 + np.exp(-logits))
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=-1, keepdims=True)
 
 
 class MMFusionPredictor:
@@ -114,6 +105,7 @@ class MMFusionPredictor:
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_checkpoint(path_or_hub_id, needs_weights=backend == "torch")  # names the broken file, if any
         if backend == "torch":
             engine = TorchBackend.from_pretrained(path_or_hub_id, device=device, **model_kwargs)
             config, source = engine.config, os.fspath(path_or_hub_id)
@@ -168,7 +160,7 @@ class MMFusionPredictor:
         pil_images = [load_image(image) for image in images]
         captions = ["" if text is None else str(text) for text in texts]
         inputs = self.processor(images=pil_images, text=captions, return_tensors=self.backend.return_tensors)
-        return logits_to_probabilities(self.backend.logits(inputs), getattr(self.config, "problem_type", None))
+        return probabilities_from_logits(self.backend.logits(inputs), getattr(self.config, "problem_type", None))
 
     # ------------------------------------------------------------------------------------------------ files
 
@@ -181,7 +173,7 @@ class MMFusionPredictor:
         report_path: str | os.PathLike | None = None,
         progress: bool = True,
         **load_options,
-    ) -> FilePredictions:
+    ) -> Predictions:
         r"""
         Predict every row of one split of a dataset, in file order.
 
@@ -197,7 +189,7 @@ class MMFusionPredictor:
             on_bad_rows (`str`, *optional*, defaults to `"error"`):
                 `"error"`: a bad row (missing or unreadable image, malformed line, ...) raises `BadRowError` naming
                 its file, line and id. `"skip"`: bad rows are left out and listed in the load report
-                (`FilePredictions.report`, and `report_path` when given).
+                (`Predictions.report`, and `report_path` when given).
             report_path (`str`, *optional*):
                 Where to also write the load report as JSON.
             progress (`bool`, *optional*, defaults to `True`):
@@ -206,7 +198,7 @@ class MMFusionPredictor:
                 Passed to `load_image_text_dataset` (`cache_dir`, `text_column`, `image_column`, ...).
 
         Returns:
-            `FilePredictions`: ids, probabilities and predicted labels; `.to_csv(path)` writes the challenge format.
+            `Predictions`: ids, probabilities and predicted labels; `.to_csv(path)` writes the challenge format.
         """
         from ..data import load_image_text_dataset
 
@@ -220,7 +212,7 @@ class MMFusionPredictor:
         predictions.split, predictions.report = split, report
         return predictions
 
-    def predict_dataset(self, dataset, *, progress: bool = True, description: str = "Predicting") -> FilePredictions:
+    def predict_dataset(self, dataset, *, progress: bool = True, description: str = "Predicting") -> Predictions:
         """Predict a `datasets.Dataset` with `id`, `image` and `text` columns (and optionally `label`)."""
         chunks = []
         with tqdm(total=len(dataset), unit="pair", disable=not progress, desc=description) as bar:
@@ -229,7 +221,7 @@ class MMFusionPredictor:
                 bar.update(len(batch["id"]))
         probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(self.label_names)))
         labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
-        return FilePredictions(
+        return Predictions(
             ids=[str(i) for i in dataset["id"]],
             probabilities=probabilities,
             label_names=list(self.label_names),

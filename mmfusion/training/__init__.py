@@ -1,1 +1,1 @@
-"""Training with the Hugging Face Trainer: arguments, inputs, collator, metrics, evaluation report, model card, sweeps."""
+"""Training on the Hugging Face Trainer: arguments, setup from arguments, the input cache, collator, trainer, sweeps."""

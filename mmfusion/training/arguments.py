@@ -8,6 +8,7 @@ and save every epoch, keep the best model by AUROC / macro-F1).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +128,15 @@ TRAINING_DEFAULTS = {
 }
 
 
+def launcher_defaults() -> dict:
+    """Under a multi-process launcher (torchrun, `accelerate launch`) on a machine without CUDA: DDP on the CPU over
+    gloo. Left to itself, each process would find no GPU, skip the process group and train alone, so N processes
+    would write N independent runs into one folder."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return {"use_cpu": True, "ddp_backend": "gloo"}
+    return {}
+
+
 def argument_parser() -> HfArgumentParser:
     return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
 
@@ -145,7 +155,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     """`[CONFIG.yaml|CONFIG.json] [--name value ...]`: defaults < config file < command line."""
     parser = argument_parser()
     argv = list(argv or [])
-    defaults = dict(TRAINING_DEFAULTS)
+    defaults = {**TRAINING_DEFAULTS, **launcher_defaults()}
     if argv and Path(argv[0]).suffix in {".yaml", ".yml", ".json"}:
         config_path = argv.pop(0)
         file_values = read_config_file(config_path)
@@ -156,4 +166,11 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         defaults.update(file_values)
     parser.set_defaults(**defaults)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:
+        raise RuntimeError(
+            f"Launched as {launched} processes, but this one joined a group of {training_args.world_size}: the "
+            "processes would train independently into one --output_dir. Check the launcher's config and the "
+            "--use_cpu / --ddp_backend flags."
+        )
     return model_args, data_args, training_args

@@ -21,7 +21,7 @@ class MMFusionCollator:
         image_mean, image_std, rescale_factor: the image processor's normalisation, applied to cached uint8 pixels.
         pad_to_multiple_of: round the padded length up (8 suits tensor cores; 1 = no rounding).
         blank_image / blank_text: the modality ablation: replace every image by `blank_image_input` (the blank
-            image's cached features or pixels) and/or every caption by `empty_text_ids` (see `mmfusion.ablation`).
+            image's cached features or pixels) and/or every caption by `empty_text_ids` (see `mmfusion.evaluation.ablation`).
     """
 
     pad_token_id: int

@@ -29,7 +29,7 @@ from datasets import Array3D, Dataset, DatasetDict, Features
 from datasets.fingerprint import Hasher
 
 from ..parallel import image_thread_pool
-from ..processing_mmfusion import MMFusionProcessor, to_rgb
+from ..processing_mmfusion import MMFusionProcessor, to_rgb, to_uint8
 
 IMAGE_FEATURES = "image_features"
 PIXELS = "pixels"
@@ -234,17 +234,19 @@ def _feature_map_shape(features_of, pixel_values_of) -> tuple[int, int, int]:
     return tuple(int(d) for d in sample.shape)
 
 
+def resized_uint8_pixels(image_processor, image) -> np.ndarray:
+    """`image` resized by `image_processor` but not rescaled or normalised: (3, H, W) uint8, what the cache stores."""
+    resized = image_processor(to_rgb(image), do_rescale=False, do_normalize=False, return_tensors="np")
+    return to_uint8(resized["pixel_values"][0])
+
+
 def resize_images(dataset: Dataset, image_processor, *, cache_dir: Path | None = None) -> Dataset:
     """Replace `image` by its resized uint8 pixels (`pixels`, (3, H, W)); normalisation is left to the collator."""
-
-    def pixels_of(image) -> np.ndarray:
-        resized = image_processor(to_rgb(image), do_rescale=False, do_normalize=False, return_tensors="np")
-        return np.clip(np.rint(resized["pixel_values"][0]), 0, 255).astype(np.uint8)
 
     size = image_processor.size
     return _map_images(
         dataset,
-        pixels_of,
+        partial(resized_uint8_pixels, image_processor),
         lambda pixels: pixels,
         column=PIXELS,
         shape=(3, size["height"], size["width"]),

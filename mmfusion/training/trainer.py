@@ -1,16 +1,19 @@
-"""The Trainer used by train.py: transformers' Trainer, keeping mmfusion's own model card on push_to_hub."""
+"""The Trainer used by train.py: transformers' Trainer, plus class probabilities and the modality ablation of a split."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer
 
-from ..ablation import ABLATIONS, blank_image
+from ..evaluation.ablation import ABLATIONS, blank_image
+from ..evaluation.predictions import Predictions, probabilities_from_logits
+from ..files import atomic_write_text
 from .collator import MMFusionCollator
-from .inputs import IMAGE_FEATURES
+from .inputs import IMAGE_FEATURES, resized_uint8_pixels
 
 
 class MMFusionTrainer(Trainer):
@@ -19,6 +22,18 @@ class MMFusionTrainer(Trainer):
         # card would overwrite it.
         if not (Path(self.args.output_dir) / "README.md").exists():
             super().create_model_card(*args, **kwargs)
+
+    def save_metrics(self, split, metrics, combined=True):
+        """The Trainer's `<split>_results.json` (and the merged `all_results.json`), each written atomically."""
+        if not self.is_world_process_zero():
+            return
+        output_dir = Path(self.args.output_dir)
+        atomic_write_text(output_dir / f"{split}_results.json", json.dumps(metrics, indent=4, sort_keys=True))
+        if combined:
+            path = output_dir / "all_results.json"
+            merged = json.loads(path.read_text()) if path.exists() else {}
+            merged.update(metrics)
+            atomic_write_text(path, json.dumps(merged, indent=4, sort_keys=True))
 
     def predict_probabilities(self, dataset, collator: MMFusionCollator | None = None) -> np.ndarray:
         """Softmax probabilities for every example of a prepared split (all processes must call this)."""
@@ -30,10 +45,21 @@ class MMFusionTrainer(Trainer):
         finally:
             self.data_collator = original
         logits = logits[0] if isinstance(logits, tuple) else logits
-        return torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+        return probabilities_from_logits(logits, self.model.config.problem_type)
+
+    def predict_split(self, raw_split, prepared_split, name: str | None = None) -> Predictions:
+        """The model's predictions on one split: `prepared_split` scored, `raw_split`'s ids, captions and labels."""
+        return Predictions(
+            ids=raw_split["id"],
+            probabilities=self.predict_probabilities(prepared_split),
+            label_names=raw_split.features["label"].names,
+            true_labels=raw_split["label"],
+            texts=raw_split["text"],
+            split=name,
+        )
 
     def ablation_probabilities(self, dataset, processor) -> dict[str, np.ndarray]:
-        """The same model scored with the image blanked, the caption emptied, and both (see mmfusion.ablation)."""
+        """The same model scored with the image blanked, the caption emptied, and both (see mmfusion.evaluation.ablation)."""
         collator: MMFusionCollator = self.data_collator
         blank_input = blank_image_input(self.model, processor, uses_features=IMAGE_FEATURES in dataset.column_names)
         return {
@@ -51,7 +77,4 @@ def blank_image_input(model, processor, uses_features: bool) -> np.ndarray:
         pixel_values = processor.image_processor(blank_image((size, size)), return_tensors="pt")["pixel_values"]
         device = next(model.parameters()).device
         return model.get_image_features(pixel_values.to(device))[0].float().cpu().numpy()
-    resized = processor.image_processor(
-        blank_image((size, size)), do_rescale=False, do_normalize=False, return_tensors="np"
-    )["pixel_values"][0]
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return resized_uint8_pixels(processor.image_processor, blank_image((size, size)))

@@ -1,10 +1,10 @@
 """The evaluation report written after training: metrics, baselines, errors and the modality ablation.
 
-`write_eval_report(output_dir, label_names=..., predictions={split: SplitPredictions(...)}, ...)` writes
+`write_eval_report(output_dir, label_names=..., predictions={split: Predictions(...)}, ...)` writes
 
 - `eval_report.json`: for every labeled split its metrics, the random/majority baselines, a per-class table, the
   confusion matrix (rows: true class, columns: predicted class), the modality ablation (metrics with the image
-  blanked / the caption emptied / both, see `mmfusion.ablation`) with a reading of which modality the model relies
+  blanked / the caption emptied / both, see `mmfusion.evaluation.ablation`) with a reading of which modality the model relies
   on, and the most confident errors; for unlabeled splits only the number of examples and the predicted label
   distribution. Strict JSON: undefined values (AUROC of a single-class split) are `null`.
 - `eval_report.md`: the same as markdown tables,
@@ -18,13 +18,13 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from ..ablation import ABLATIONS
+from ..files import atomic_write_text
+from .ablation import ABLATION_TITLES, ABLATIONS, VERDICTS, modality_verdict, share_kept
 from .metrics import (
     BINARY_METRICS,
     MULTICLASS_METRICS,
@@ -35,60 +35,23 @@ from .metrics import (
     per_class_table,
 )
 from .plots import plot_confusion_matrix, plot_training_curves
+from .predictions import Predictions
 
 REPORT_JSON = "eval_report.json"
 REPORT_MARKDOWN = "eval_report.md"
 TRAINING_CURVES_PNG = "training_curves.png"
-# Reading of the ablation: the full model must beat chance by GAIN_MARGIN for the ablation to say anything; an
-# ablation that keeps >= KEEPS_MOST of the full model's gain over chance "barely matters", one that keeps
-# <= KEEPS_LITTLE of it removes what the model needs.
-GAIN_MARGIN = 0.02
-KEEPS_MOST = 0.9
-KEEPS_LITTLE = 0.5
-_ABLATION_WORDS = {
-    "full": "full input",
-    "image_blanked": "image blanked",
-    "text_emptied": "text emptied",
-    "both_blanked": "both blanked",
-}
-_RELIANCE_WORDS = {
-    "text": "relies on **the text**",
-    "image": "relies on **the image**",
-    "both": "needs **both modalities together**",
-    "either": "gets by with **either modality alone**",
-    "mixed": "uses **both modalities, leaning on one**",
-    "undetermined": "**undetermined**",
-}
 _MAX_TEXT_CHARS = 120
-
-
-@dataclass
-class SplitPredictions:
-    """A model's output on one split: `probabilities` (N, C) softmax output, `labels` (N,) with -1 = unlabeled."""
-
-    ids: list[str]
-    texts: list[str]
-    labels: np.ndarray
-    probabilities: np.ndarray
-
-    def __post_init__(self):
-        self.ids = [str(i) for i in self.ids]
-        self.texts = ["" if t is None else str(t) for t in self.texts]
-        self.labels = np.asarray(self.labels).reshape(-1).astype(np.int64)
-        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
-        n = len(self.ids)
-        if len(self.texts) != n or self.labels.shape[0] != n or self.probabilities.ndim != 2:
-            raise ValueError(
-                f"SplitPredictions: {n} ids, {len(self.texts)} texts, {self.labels.shape[0]} labels and "
-                f"probabilities of shape {self.probabilities.shape}; expected N, N, N and (N, num_classes)"
-            )
-        if self.probabilities.shape[0] != n:
-            raise ValueError(f"SplitPredictions: {n} ids but {self.probabilities.shape[0]} rows of probabilities")
-
-    @property
-    def labeled(self) -> np.ndarray:
-        """Boolean mask of the labeled rows."""
-        return self.labels >= 0
+# What each verdict means for a split's metrics (the verdict itself is mmfusion.evaluation.ablation's).
+_VERDICT_NOTES = {
+    "either": "Either modality alone keeps the model's score: each carries the label on its own (redundant cues), "
+    "or the evaluation data lets one modality stand in for the other.",
+    "text": "Blanking the image leaves the metrics near the full model's: the model relies on the caption and "
+    "largely ignores the image.",
+    "image": "Emptying the caption leaves the metrics near the full model's: the model relies on the image and "
+    "largely ignores the caption.",
+    "both": "Removing either modality loses most of the gain: the model needs the image and the caption together.",
+    "mixed": "The model uses both modalities, but neither alone keeps most of its score.",
+}
 
 
 def _jsonable(value):
@@ -157,11 +120,16 @@ def modality_reliance(
     if metric == "auroc" and not all(math.isfinite(m.get("auroc", math.nan)) for m in ablation_metrics.values()):
         metric = "accuracy"
     chance = chance_level(metric, labels, len(label_names))
-    gain = full[metric] - chance
     result = {"metric": metric, "chance": chance, "retained": {}, "agreement": dict(agreement), "notes": []}
     notes = result["notes"]
-    if gain <= GAIN_MARGIN:
+    if "image_blanked" not in ablation_metrics or "text_emptied" not in ablation_metrics:
         result["summary"] = "undetermined"
+        notes.append("Both single-modality ablations (image_blanked, text_emptied) are needed for a verdict.")
+        return result
+    result["summary"] = modality_verdict(
+        full[metric], ablation_metrics["image_blanked"][metric], ablation_metrics["text_emptied"][metric], chance
+    )
+    if result["summary"] == "undetermined":
         notes.append(
             f"The full model is not clearly better than chance ({metric} {full[metric]:.3f} vs {chance:.3f}), "
             "so the ablation cannot tell which modality it relies on."
@@ -170,45 +138,14 @@ def modality_reliance(
     for name, metrics in ablation_metrics.items():
         if name == "full":
             continue
-        retained = (metrics[metric] - chance) / gain
+        retained = share_kept(full[metric], metrics[metric], chance)
         result["retained"][name] = retained
         unchanged = f", {agreement[name]:.0%} of predictions unchanged" if name in agreement else ""
         notes.append(
-            f"{_ABLATION_WORDS.get(name, name).capitalize()}: {metric} {full[metric]:.3f} -> {metrics[metric]:.3f} "
+            f"{ABLATION_TITLES.get(name, name).capitalize()}: {metric} {full[metric]:.3f} -> {metrics[metric]:.3f} "
             f"(keeps {retained:.0%} of the gain over chance{unchanged})."
         )
-    keeps_image = result["retained"].get("text_emptied")  # what is left when only the image remains
-    keeps_text = result["retained"].get("image_blanked")  # what is left when only the text remains
-    if keeps_text is None or keeps_image is None:
-        result["summary"] = "undetermined"
-        notes.append("Both single-modality ablations (image_blanked, text_emptied) are needed for a verdict.")
-    elif keeps_text >= KEEPS_MOST and keeps_image >= KEEPS_MOST:
-        result["summary"] = "either"
-        notes.append(
-            "Either modality alone keeps the model's score: each carries the label on its own (redundant cues), "
-            "or the evaluation data lets one modality stand in for the other."
-        )
-    elif keeps_text >= KEEPS_MOST:
-        result["summary"] = "text"
-        notes.append(
-            "Blanking the image leaves the metrics near the full model's: the model relies on the text and "
-            "largely ignores the image."
-        )
-    elif keeps_image >= KEEPS_MOST:
-        result["summary"] = "image"
-        notes.append(
-            "Emptying the text leaves the metrics near the full model's: the model relies on the image and "
-            "largely ignores the text."
-        )
-    elif keeps_text <= KEEPS_LITTLE and keeps_image <= KEEPS_LITTLE:
-        result["summary"] = "both"
-        notes.append(
-            "Removing either modality loses most of the gain: the model needs the image and the text together."
-        )
-    else:
-        result["summary"] = "mixed"
-        leaning = "text" if keeps_text > keeps_image else "image"
-        notes.append(f"The model uses both modalities but leans on the {leaning}.")
+    notes.append(_VERDICT_NOTES[result["summary"]])
     if both_blanked_prediction is not None:
         notes.append(
             f"With both inputs blanked every example looks the same; the model then predicts "
@@ -217,26 +154,26 @@ def modality_reliance(
     return result
 
 
-def _most_confident_errors(split: SplitPredictions, label_names: Sequence[str], count: int) -> list[dict]:
+def _most_confident_errors(split: Predictions, label_names: Sequence[str], count: int) -> list[dict]:
     predicted = split.probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(split.labeled & (predicted != split.labels))
+    wrong = np.flatnonzero(split.labeled & (predicted != split.true_labels))
     confidence = split.probabilities[wrong, predicted[wrong]]
     order = wrong[np.argsort(-confidence, kind="stable")][: max(count, 0)]
     return [
         {
             "id": split.ids[i],
             "text": split.texts[i],
-            "true_label": str(label_names[split.labels[i]]),
+            "true_label": str(label_names[split.true_labels[i]]),
             "predicted_label": str(label_names[predicted[i]]),
             "probability": float(split.probabilities[i, predicted[i]]),
-            "true_label_probability": float(split.probabilities[i, split.labels[i]]),
+            "true_label_probability": float(split.probabilities[i, split.true_labels[i]]),
         }
         for i in order
     ]
 
 
 def _check_ablations(
-    ablations: dict[str, dict[str, np.ndarray]] | None, predictions: dict[str, SplitPredictions]
+    ablations: dict[str, dict[str, np.ndarray]] | None, predictions: dict[str, Predictions]
 ) -> dict[str, dict[str, np.ndarray]]:
     checked = {}
     for split, by_name in (ablations or {}).items():
@@ -258,7 +195,7 @@ def _check_ablations(
 
 def split_report(
     name: str,
-    split: SplitPredictions,
+    split: Predictions,
     label_names: Sequence[str],
     ablations: dict[str, np.ndarray] | None = None,
     num_errors: int = 10,
@@ -278,12 +215,12 @@ def split_report(
     if not report["labeled"]:
         return report
     mask = split.labeled
-    labels = split.labels[mask]
+    labels = split.true_labels[mask]
     report["num_labeled"] = int(mask.sum())
     report["label_distribution"] = _distribution(labels, label_names)
-    report["metrics"] = classification_metrics(split.probabilities, split.labels, label_names)
-    report["baselines"] = baseline_metrics(split.labels, label_names)
-    report["per_class"] = per_class_table(split.probabilities, split.labels, label_names)
+    report["metrics"] = classification_metrics(split.probabilities, split.true_labels, label_names)
+    report["baselines"] = baseline_metrics(split.true_labels, label_names)
+    report["per_class"] = per_class_table(split.probabilities, split.true_labels, label_names)
     report["confusion_matrix"] = confusion_matrix(
         labels, predicted[mask], labels=list(range(len(label_names)))
     ).tolist()
@@ -293,14 +230,14 @@ def split_report(
         for ablation in ABLATIONS:
             if ablation == "full" or ablation not in ablations:
                 continue
-            table[ablation] = classification_metrics(ablations[ablation], split.labels, label_names)
+            table[ablation] = classification_metrics(ablations[ablation], split.true_labels, label_names)
             agreement[ablation] = float((ablations[ablation].argmax(axis=1) == predicted).mean())
         prior = None
         if "both_blanked" in ablations:
             counts = np.bincount(ablations["both_blanked"].argmax(axis=1), minlength=len(label_names))
             prior = str(label_names[int(counts.argmax())])
         report["ablations"] = table
-        report["modality_reliance"] = modality_reliance(table, agreement, split.labels, label_names, prior)
+        report["modality_reliance"] = modality_reliance(table, agreement, split.true_labels, label_names, prior)
     report["most_confident_errors"] = _most_confident_errors(split, label_names, num_errors)
     return report
 
@@ -340,7 +277,7 @@ def ablation_markdown(split: dict, label_names: Sequence[str]) -> list[str]:
     for name, metrics in split["ablations"].items():
         rows.append(
             [
-                _ABLATION_WORDS.get(name, name),
+                ABLATION_TITLES.get(name, name),
                 *(metrics.get(key) for key in headline),
                 _percent(reliance["retained"].get(name, 1.0 if name == "full" else None)),
                 _percent(reliance["agreement"].get(name, 1.0 if name == "full" else None)),
@@ -349,7 +286,7 @@ def ablation_markdown(split: dict, label_names: Sequence[str]) -> list[str]:
     lines = markdown_table(["input", *headline, "gain over chance kept", "predictions unchanged"], rows)
     lines += [
         f"**Reading** (`{reliance['metric']}`, chance = {reliance['chance']:.3f}): "
-        f"{_RELIANCE_WORDS.get(reliance['summary'], reliance['summary'])}.",
+        f"the model **{VERDICTS.get(reliance['summary'], reliance['summary'])}**.",
         "",
     ]
     return lines + [f"- {note}" for note in reliance["notes"]] + [""]
@@ -414,19 +351,32 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def format_metrics_table(results: dict[str, float]) -> str:
+    """train.py's closing table: one row per split and metric of `{"<split>_<metric>": value}` (timings left out)."""
+    rows = sorted(
+        (key.split("_", 1)[0], key.split("_", 1)[1], value)
+        for key, value in results.items()
+        if isinstance(value, float) and "_" in key and not key.endswith(("runtime", "per_second"))
+    )
+    lines = ["", "Final metrics", f"{'split':<8} {'metric':<28} {'value':>8}"]
+    lines += [f"{split:<8} {metric:<28} {value:>8.4f}" for split, metric, value in rows]
+    return "\n".join(lines)
+
+
 def write_eval_report(
     output_dir: str | Path,
     *,
     label_names: Sequence[str],
-    predictions: dict[str, SplitPredictions],
+    predictions: dict[str, Predictions],
     ablations: dict[str, dict[str, np.ndarray]] | None = None,
     log_history: list[dict] | None = None,
+    best_step: int | None = None,
     num_errors: int = 10,
 ) -> dict:
     """Write `eval_report.json`, `eval_report.md` and the figures to `output_dir`; return the report dict.
 
     `ablations[split][name]` are the same model's probabilities on `split` with the inputs of ablation `name`
-    (`image_blanked`, `text_emptied`, `both_blanked` from `mmfusion.ablation.ABLATIONS`; `full` is
+    (`image_blanked`, `text_emptied`, `both_blanked` from `mmfusion.evaluation.ablation.ABLATIONS`; `full` is
     `predictions[split]` and may be omitted). Ablations of an unlabeled split are ignored. The returned dict is what
     `eval_report.json` holds (NaN as None).
     """
@@ -451,18 +401,19 @@ def write_eval_report(
             )
             entry["confusion_matrix_plot"] = filename
         report["splits"][split_name] = entry
-    if log_history and plot_training_curves(log_history, output_dir / TRAINING_CURVES_PNG) is not None:
+    if log_history and plot_training_curves(log_history, output_dir / TRAINING_CURVES_PNG, best_step) is not None:
         report["training_curves_plot"] = TRAINING_CURVES_PNG
     report = _jsonable(report)
-    (output_dir / REPORT_JSON).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (output_dir / REPORT_MARKDOWN).write_text(render_markdown(report))
+    atomic_write_text(output_dir / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(output_dir / REPORT_MARKDOWN, render_markdown(report))
     return report
 
 
 __all__ = [
+    "format_metrics_table",
     "REPORT_JSON",
     "REPORT_MARKDOWN",
-    "SplitPredictions",
+    "Predictions",
     "ablation_markdown",
     "chance_level",
     "headline_metric_names",

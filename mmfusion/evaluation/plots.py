@@ -59,13 +59,33 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _during_training(log_history: Sequence[dict]) -> list[dict]:
+    """The log entries up to the Trainer's end-of-training summary (the one with `train_runtime`)."""
+    for index, entry in enumerate(log_history):
+        if "train_runtime" in entry:
+            return list(log_history[: index + 1])
+    return list(log_history)
+
+
+def best_evaluation(log_history: Sequence[dict], best_step: int | None) -> dict | None:
+    """The evaluation entry logged at `best_step` (the Trainer's `state.best_global_step`), if there is one."""
+    if best_step is None:
+        return None
+    for entry in _during_training(log_history):
+        if entry.get("step") == best_step and any(key.startswith("eval_") for key in entry):
+            return entry
+    return None
+
+
 def training_curve_series(log_history: Sequence[dict]) -> dict[str, dict[str, list]]:
     """The series `plot_training_curves` draws, from a Trainer's `state.log_history`.
 
     Returns `{"train_loss": {"x": steps, "y": losses}, "eval_loss": {"x": steps, ...},
     "eval_<metric>": {"x": epochs (steps when no epoch is logged), "y": values}, ...}`; empty series are left out.
     Training entries are those with `loss` (the final summary's `train_loss` is skipped); evaluation entries those
-    with `eval_loss` or another `eval_*` metric.
+    with `eval_loss` or another `eval_*` metric, logged during training: evaluations after the training summary
+    (train.py re-evaluating the best checkpoint at the end) are left out, or they would be drawn at the last step as
+    a jump that looks like a last-epoch gain.
     """
     series: dict[str, dict[str, list]] = {}
 
@@ -75,7 +95,7 @@ def training_curve_series(log_history: Sequence[dict]) -> dict[str, dict[str, li
             entry["x"].append(float(x))
             entry["y"].append(float(y))
 
-    for entry in log_history:
+    for entry in _during_training(log_history):
         step = entry.get("step")
         if "loss" in entry:
             add("train_loss", step, entry["loss"])
@@ -96,8 +116,10 @@ def training_curve_series(log_history: Sequence[dict]) -> dict[str, dict[str, li
     return series
 
 
-def plot_training_curves(log_history: Sequence[dict], path: str | Path) -> Path | None:
+def plot_training_curves(log_history: Sequence[dict], path: str | Path, best_step: int | None = None) -> Path | None:
     """Left: training loss (and eval loss) against the step. Right: eval metrics against the epoch.
+
+    `best_step` (the Trainer's `state.best_global_step`): the evaluation the kept model comes from, marked on both.
 
     Returns the path written, or None (nothing written) when the history holds no loss and no eval metric.
     """
@@ -120,6 +142,12 @@ def plot_training_curves(log_history: Sequence[dict], path: str | Path) -> Path 
     uses_epochs = any("epoch" in entry for entry in log_history if any(k.startswith("eval_") for k in entry))
     for key in eval_metrics:
         metric_axes.plot(series[key]["x"], series[key]["y"], "o-", label=key[len("eval_") :])
+    best = best_evaluation(log_history, best_step)
+    if best is not None:
+        best_x = best.get("epoch", best["step"]) if uses_epochs else best["step"]
+        loss_axes.axvline(best["step"], color="grey", linestyle=":", label="kept model")
+        metric_axes.axvline(best_x, color="grey", linestyle=":", label="kept model")
+        loss_axes.legend()
     metric_axes.set_xlabel("epoch" if uses_epochs else "step")
     metric_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     metric_axes.set_title("Evaluation metrics")
@@ -130,4 +158,10 @@ def plot_training_curves(log_history: Sequence[dict], path: str | Path) -> Path 
     return _save(figure, path)
 
 
-__all__ = ["HEADLINE_EVAL_METRICS", "plot_confusion_matrix", "plot_training_curves", "training_curve_series"]
+__all__ = [
+    "HEADLINE_EVAL_METRICS",
+    "best_evaluation",
+    "plot_confusion_matrix",
+    "plot_training_curves",
+    "training_curve_series",
+]

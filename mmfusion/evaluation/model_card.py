@@ -17,6 +17,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_mmfusion import MMFusionConfig
+from ..files import atomic_write_text
 from .report import ablation_markdown, headline_metric_names, markdown_table
 
 TASK_TYPE = "text-classification"  # closest Hub task; see the comment in the template's metadata
@@ -356,7 +357,7 @@ def write_model_card(
         **sections,
     )
     path = output_dir / "README.md"
-    path.write_text(_with_metadata_comments(str(card), Path(template_path).read_text(encoding="utf-8")), "utf-8")
+    atomic_write_text(path, _with_metadata_comments(str(card), Path(template_path).read_text(encoding="utf-8")))
     return path
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
+from .predictions import probabilities_from_logits
+
 BINARY_METRICS = ("accuracy", "auroc", "f1", "precision", "recall")
 MULTICLASS_METRICS = ("accuracy", "macro_f1")
 RANDOM_BASELINE_DRAWS = 10
@@ -29,14 +31,6 @@ def best_model_metric(num_labels: int) -> str:
     if num_labels < 2:
         raise ValueError(f"A classifier needs at least 2 classes, got num_labels={num_labels}.")
     return "auroc" if num_labels == 2 else "macro_f1"
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (numerically stable)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _labeled(probabilities: np.ndarray, labels: np.ndarray, label_names: Sequence[str]):
@@ -155,7 +149,8 @@ def make_compute_metrics(label_names: Sequence[str]) -> Callable:
             labels = labels[0]
         if labels is None:
             raise ValueError("compute_metrics needs labels: the evaluation split has no `labels` column.")
-        return classification_metrics(softmax(logits), np.asarray(labels), label_names)
+        probabilities = probabilities_from_logits(logits, dtype="float64")
+        return classification_metrics(probabilities, np.asarray(labels), label_names)
 
     return compute_metrics
 
@@ -169,5 +164,4 @@ __all__ = [
     "make_compute_metrics",
     "metric_key",
     "per_class_table",
-    "softmax",
 ]

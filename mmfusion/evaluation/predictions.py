@@ -1,0 +1,200 @@
+"""A model's predictions on one split (ids, class probabilities, true labels) and the files they are written to.
+
+CSV files use the Hateful Memes challenge format: `id,proba,label` for two classes (`proba` = probability of class
+1, `label` = predicted class id), `id,proba_<class name>...,label` otherwise. JSON files hold one record per example:
+the record `MMFusionPredictor.predict` returns for one pair, plus its `id`.
+
+Light on purpose (numpy and torch only): the predictor imports it without pulling in scikit-learn or matplotlib.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..files import atomic_write_text
+
+OUTPUT_FORMATS = (".csv", ".json")
+
+
+def probabilities_from_logits(logits, problem_type: str | None = None, dtype: str = "float32") -> np.ndarray:
+    """Class probabilities from logits: softmax over the classes, independent sigmoids for multi-label models.
+
+    Computed by torch in `dtype`. float32 is what predictions and reports use; `compute_metrics` asks for float64,
+    where probabilities that float32 rounds to exactly 1.0 keep their order (AUROC is a ranking metric).
+    """
+    import torch
+
+    logits = torch.as_tensor(np.asarray(logits), dtype=getattr(torch, dtype))
+    if problem_type == "multi_label_classification":
+        return torch.sigmoid(logits).numpy()
+    return torch.softmax(logits, dim=-1).numpy()
+
+
+def prediction_columns(label_names: Sequence[str]) -> list[str]:
+    if len(label_names) == 2:
+        return ["id", "proba", "label"]
+    return ["id", *(f"proba_{name}" for name in label_names), "label"]
+
+
+def prediction_rows(ids: Sequence[str], probabilities: np.ndarray, label_names: Sequence[str]) -> list[list]:
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape != (len(ids), len(label_names)):
+        raise ValueError(
+            f"probabilities must have shape (len(ids), num_classes) = ({len(ids)}, {len(label_names)}); "
+            f"got {probabilities.shape}"
+        )
+    predicted = probabilities.argmax(axis=1)
+    if len(label_names) == 2:
+        return [[str(i), float(p[1]), int(c)] for i, p, c in zip(ids, probabilities, predicted)]
+    return [[str(i), *map(float, p), int(c)] for i, p, c in zip(ids, probabilities, predicted)]
+
+
+def write_predictions_csv(
+    path: str | os.PathLike, ids: Sequence[str], probabilities: np.ndarray, label_names: Sequence[str]
+) -> Path:
+    """Write the challenge-format CSV: one row per example, `probabilities` being (num_examples, num_classes)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(prediction_columns(label_names))
+    writer.writerows(prediction_rows(ids, probabilities, label_names))
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def prediction_record(probabilities: np.ndarray, label_names: Sequence[str]) -> dict[str, Any]:
+    """`{"label": name, "label_id": int, "probabilities": {name: p}}` for one example's probabilities."""
+    label_id = int(np.argmax(probabilities))
+    return {
+        "label": label_names[label_id],
+        "label_id": label_id,
+        "probabilities": {name: float(p) for name, p in zip(label_names, probabilities)},
+    }
+
+
+@dataclass
+class Predictions:
+    """Predictions for the rows of one split, in input order; what train.py reports on and the predictor returns.
+
+    Iterating yields one record per row: `{"id", "label", "label_id", "probabilities"}`.
+
+    Attributes:
+        ids (`list[str]`): example ids, in the order of the input.
+        probabilities (`np.ndarray`): `(num_examples, num_labels)` class probabilities (stored as float64).
+        label_names (`list[str]`): class names, in class-id order.
+        true_labels (`np.ndarray`, *optional*): the input's labels, -1 for unlabeled rows (default: all unlabeled).
+        texts (`list[str]`, *optional*): the captions (the report quotes them next to its most confident errors).
+        split (`str`, *optional*): the split that was predicted.
+        report (`mmfusion.data.LoadReport`, *optional*): the data layer's load report (rows skipped with
+            `on_bad_rows="skip"`, and why).
+    """
+
+    ids: list[str]
+    probabilities: np.ndarray
+    label_names: list[str]
+    true_labels: np.ndarray | None = None
+    texts: list[str] | None = None
+    split: str | None = None
+    report: Any = None
+
+    def __post_init__(self):
+        self.ids = [str(i) for i in self.ids]
+        self.label_names = [str(name) for name in self.label_names]
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
+        count = len(self.ids)
+        if self.probabilities.shape != (count, len(self.label_names)):
+            raise ValueError(
+                f"Predictions: {count} ids and {len(self.label_names)} classes, but probabilities of shape "
+                f"{self.probabilities.shape}; expected ({count}, {len(self.label_names)})."
+            )
+        if self.true_labels is None:
+            self.true_labels = np.full(count, -1, dtype=np.int64)
+        self.true_labels = np.asarray(self.true_labels).reshape(-1).astype(np.int64)
+        if self.true_labels.shape[0] != count:
+            raise ValueError(f"Predictions: {count} ids but {self.true_labels.shape[0]} true labels.")
+        self.texts = [""] * count if self.texts is None else ["" if t is None else str(t) for t in self.texts]
+        if len(self.texts) != count:
+            raise ValueError(f"Predictions: {count} ids but {len(self.texts)} texts.")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"id": self.ids[index], **prediction_record(self.probabilities[index], self.label_names)}
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """Predicted class ids."""
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def labels(self) -> list[str]:
+        """Predicted class names."""
+        return [self.label_names[i] for i in self.label_ids]
+
+    @property
+    def labeled(self) -> np.ndarray:
+        """Boolean mask of the rows that have a true label."""
+        return self.true_labels >= 0
+
+    @property
+    def skipped_ids(self) -> list[str]:
+        """Ids of the input rows left out as bad rows (`on_bad_rows="skip"`)."""
+        return list(self.report.skipped_ids) if self.report is not None else []
+
+    def rows(self) -> list[list]:
+        """Rows of the challenge-format table (header: `columns()`)."""
+        return prediction_rows(self.ids, self.probabilities, self.label_names)
+
+    def columns(self) -> list[str]:
+        """`id,proba,label` for two classes, `id,proba_<name>...,label` otherwise."""
+        return prediction_columns(self.label_names)
+
+    def to_pandas(self):
+        """The challenge-format table as a `pandas.DataFrame`."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=self.columns())
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write the challenge-format CSV."""
+        return write_predictions_csv(path, self.ids, self.probabilities, self.label_names)
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write a JSON list of records (`id`, `label`, `label_id`, `probabilities`)."""
+        return atomic_write_text(path, json.dumps(list(self), indent=2) + "\n")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `.csv` (challenge format) or `.json` (records), chosen by the file extension."""
+        suffix = Path(path).suffix.lower()
+        if suffix == ".csv":
+            return self.to_csv(path)
+        if suffix == ".json":
+            return self.to_json(path)
+        raise ValueError(f"Unsupported output file {path}: use one of {', '.join(OUTPUT_FORMATS)}.")
+
+
+# The name the predictor's results went by before predictions had one home; kept for users who import it.
+FilePredictions = Predictions
+
+__all__ = [
+    "FilePredictions",
+    "OUTPUT_FORMATS",
+    "Predictions",
+    "prediction_columns",
+    "prediction_record",
+    "prediction_rows",
+    "probabilities_from_logits",
+    "write_predictions_csv",
+]

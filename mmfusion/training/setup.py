@@ -1,0 +1,210 @@
+"""From train.py's arguments to objects: the data and its splits, the processor and the model.
+
+The one place that interprets `ModelArguments`/`DataArguments`; train.py, the benchmarks and the tests build through
+it, so a flag means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+from ..checkpoints import check_checkpoint
+from ..configuration_mmfusion import MMFusionConfig, vision_grid_size
+from ..data import load_image_text_dataset
+from ..modeling_mmfusion import MMFusionForClassification
+from ..processing_mmfusion import MMFusionProcessor, default_image_processor
+from ..torchvision_resnet import torchvision_architecture, torchvision_resnet_config
+from .arguments import DataArguments, ModelArguments
+from .presets import small_text_config, small_vision_config
+from .tokenization import train_wordpiece_tokenizer
+
+VALIDATION_SPLITS = ("validation", "dev_seen", "dev", "val")
+TEST_SPLITS = ("test", "test_seen")
+SPLIT_ROLES = ("train", "validation", "test")
+
+
+def load_data(data_args: DataArguments) -> datasets.DatasetDict:
+    files = {
+        split: path
+        for split, path in (
+            ("train", data_args.train_file),
+            ("validation", data_args.validation_file),
+            ("test", data_args.test_file),
+        )
+        if path
+    }
+    if not files and data_args.dataset == "demo":
+        return load_image_text_dataset("demo", seed=data_args.demo_seed)
+    source = files or data_args.dataset
+    options = {"on_bad_rows": data_args.on_bad_rows}
+    if files or str(source).endswith((".jsonl", ".csv", ".tsv")):
+        options.update(
+            image_column=data_args.image_column,
+            text_column=data_args.text_column,
+            label_column=data_args.label_column,
+            id_column=data_args.id_column,
+            class_names=data_args.class_names,
+        )
+    elif is_hub_dataset(source):  # a Hub dataset with image/text/label columns
+        source = datasets.load_dataset(source)
+        options.update(
+            image_column=data_args.image_column,
+            text_column=data_args.text_column,
+            label_column=data_args.label_column,
+            class_names=data_args.class_names,
+        )
+    return load_image_text_dataset(source, **options)
+
+
+def is_hub_dataset(name: str) -> bool:
+    return name != "demo" and not Path(name).exists() and not name.endswith((".jsonl", ".csv", ".tsv"))
+
+
+def is_labeled(split: datasets.Dataset) -> bool:
+    return len(split) > 0 and min(split["label"]) >= 0
+
+
+def resolve_splits(dataset: datasets.DatasetDict, data_args: DataArguments) -> dict[str, str | None]:
+    """The split playing each role (`train`, `validation`, `test`): the one named in the arguments, else the first
+    labeled one of the usual names; None where there is none."""
+
+    def first_present(preferred, candidates, need_labels):
+        if preferred is not None:
+            if preferred not in dataset:
+                raise ValueError(f"Split {preferred!r} not found; the data has {', '.join(dataset)}")
+            return preferred
+        for name in candidates:
+            if name in dataset and (not need_labels or is_labeled(dataset[name])):
+                return name
+        return None
+
+    return {
+        "train": first_present(data_args.train_split, (), False),
+        "validation": first_present(data_args.validation_split, VALIDATION_SPLITS, True),
+        "test": first_present(data_args.test_split, TEST_SPLITS, True),
+    }
+
+
+def check_train_split(dataset: datasets.DatasetDict, splits: dict[str, str | None], data_args: DataArguments) -> None:
+    """Refuse, before anything is built, a training split that is missing or has unlabeled rows (label -1)."""
+    name = splits["train"]
+    if name is None:
+        raise ValueError(f"No {data_args.train_split!r} split to train on; the data has {', '.join(dataset)}.")
+    labels = dataset[name]["label"]
+    unlabeled = sum(1 for label in labels if label < 0)
+    if unlabeled:
+        raise ValueError(
+            f"The {name!r} split has {unlabeled} unlabeled rows of {len(labels)}: every training row needs a label. "
+            f"Labels are read from the column {data_args.label_column!r} (--label_column); check that it is the "
+            "right column, or train on a labeled split (--train_split)."
+        )
+
+
+def limit_samples(dataset: datasets.DatasetDict, splits: dict[str, str | None], data_args: DataArguments) -> None:
+    """Cut the training split to `max_train_samples` and the evaluation splits to `max_eval_samples`, in place."""
+    for limit, roles in (
+        (data_args.max_train_samples, ["train"]),
+        (data_args.max_eval_samples, ["validation", "test"]),
+    ):
+        for role in roles:
+            if limit and splits[role]:
+                dataset[splits[role]] = dataset[splits[role]].select(range(min(limit, len(dataset[splits[role]]))))
+
+
+def resolve_image_size(model_args: ModelArguments) -> int:
+    """`--image_size`, else the checkpoint's, else 224 for a pretrained vision tower and 64 for the small one."""
+    if model_args.model_name_or_path:
+        check_checkpoint(model_args.model_name_or_path)  # a broken folder fails here, naming the bad file
+        return MMFusionConfig.from_pretrained(model_args.model_name_or_path).image_size
+    pretrained_vision = model_args.vision_model_name_or_path is not None
+    return model_args.image_size or (224 if pretrained_vision else 64)
+
+
+def build_processor(model_args: ModelArguments, image_size: int, train_texts) -> MMFusionProcessor:
+    """The checkpoint's processor, the text tower's tokenizer, or (small random tower) a vocabulary learnt from the
+    training captions; images resized to `image_size` without cropping."""
+    if model_args.model_name_or_path:
+        return AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    if model_args.text_model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
+    else:
+        tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size=model_args.tokenizer_vocab_size)
+    return MMFusionProcessor(default_image_processor(image_size), tokenizer)
+
+
+def build_model(
+    model_args: ModelArguments, label_names: list[str], vocab_size: int, image_size: int
+) -> MMFusionForClassification:
+    """A checkpoint to fine-tune or evaluate, two pretrained towers with fresh fusion layers, or small random towers."""
+    if model_args.model_name_or_path:
+        model = MMFusionForClassification.from_pretrained(
+            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
+        )
+        if model.config.num_labels != len(label_names):
+            raise ValueError(
+                f"{model_args.model_name_or_path} predicts {model.config.num_labels} classes; the data has "
+                f"{len(label_names)} ({', '.join(label_names)})."
+            )
+        return model
+    settings = dict(
+        fusion=model_args.fusion,
+        image_size=image_size,
+        fusion_hidden_size=model_args.fusion_hidden_size,
+        fusion_num_heads=model_args.fusion_num_heads,
+        classifier_dropout=model_args.classifier_dropout,
+        modality_dropout=model_args.modality_dropout,
+        freeze_text_encoder=model_args.freeze_text_encoder,
+        freeze_vision_encoder=model_args.freeze_vision_encoder,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: index for index, name in enumerate(label_names)},
+    )
+    if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
+        raise ValueError("Give both --text_model_name_or_path and --vision_model_name_or_path, or neither.")
+    if model_args.text_model_name_or_path:
+        architecture = torchvision_architecture(model_args.vision_model_name_or_path)
+        if architecture:
+            vision_config = torchvision_resnet_config(architecture)
+        else:
+            vision_config = AutoConfig.from_pretrained(model_args.vision_model_name_or_path)
+        settings["num_image_tokens"] = model_args.num_image_tokens or default_image_tokens(vision_config, image_size)
+        return MMFusionForClassification.from_text_vision_pretrained(
+            model_args.text_model_name_or_path,
+            model_args.vision_model_name_or_path,
+            torchvision_weights=model_args.torchvision_weights,
+            text_kwargs={"attn_implementation": model_args.attn_implementation},
+            **settings,
+        )
+    text_config = small_text_config(
+        vocab_size, hidden_size=model_args.small_text_hidden_size, num_layers=model_args.small_text_layers
+    )
+    vision_config = small_vision_config(model_args.small_vision_width, model_args.small_vision_stages)
+    settings["num_image_tokens"] = model_args.num_image_tokens or default_image_tokens(vision_config, image_size)
+    config = MMFusionConfig(text_config=text_config, vision_config=vision_config, **settings)
+    config._attn_implementation = model_args.attn_implementation
+    return MMFusionForClassification(config)
+
+
+def default_image_tokens(vision_config, image_size: int) -> int:
+    """The whole feature grid, pooled down to at most 7x7 = 49 tokens."""
+    grid = vision_grid_size(vision_config, image_size) or 7
+    return min(grid, 7) ** 2
+
+
+__all__ = [
+    "SPLIT_ROLES",
+    "TEST_SPLITS",
+    "VALIDATION_SPLITS",
+    "build_model",
+    "build_processor",
+    "check_train_split",
+    "is_hub_dataset",
+    "is_labeled",
+    "limit_samples",
+    "load_data",
+    "resolve_image_size",
+    "resolve_splits",
+]
