@@ -7,8 +7,9 @@ without `trust_remote_code`. Saved checkpoints also carry the model code, for us
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoProcessor
 
-from .configuration_mmfusion import FUSION_TYPES, MMFusionConfig
+from .configuration_mmfusion import FUSION_TYPES, FUSIONS, MMFusionConfig
 from .modeling_mmfusion import (
+    MMFusionClassifierOutput,
     MMFusionForClassification,
     MMFusionModel,
     MMFusionModelOutput,
@@ -23,7 +24,9 @@ AutoModelForSequenceClassification.register(MMFusionConfig, MMFusionForClassific
 AutoProcessor.register(MMFusionConfig, MMFusionProcessor, exist_ok=True)
 
 __all__ = [
+    "FUSIONS",
     "FUSION_TYPES",
+    "MMFusionClassifierOutput",
     "MMFusionConfig",
     "MMFusionForClassification",
     "MMFusionModel",

@@ -6,10 +6,60 @@ Copied next to every checkpoint (remote code): it imports only transformers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig, ResNetConfig
 
-FUSION_TYPES = ("early", "concat", "attention")
+
+@dataclass(frozen=True)
+class FusionType:
+    """A fusion's registry entry: the module class that implements it and what config checks and model cards read.
+
+    Adding a fusion is one `nn.Module` class in `modeling_mmfusion.py` (named by `module`) plus one entry in
+    `FUSIONS`; the config's validation, the model, `train.py --fusion`, the model card and the conformance tests
+    all read this registry.
+    """
+
+    module: str  # class name in modeling_mmfusion.py
+    uses_image_tokens: bool  # reads the feature grid pooled to `num_image_tokens` tokens (else the global average)
+    title: str  # short name, e.g. in model card titles
+    description: str  # one paragraph for model cards, formatted with the config's attributes
+
+
+FUSIONS = {
+    "early": FusionType(
+        module="MMFusionEarlyFusion",
+        uses_image_tokens=True,
+        title="early-fusion",
+        description=(
+            "The vision tower's feature grid is pooled to {num_image_tokens} image tokens, projected into the text "
+            "tower's embedding space with their own position and modality embeddings, and encoded together with the "
+            "caption's tokens by the text transformer (MMBT-style early fusion); the classifier reads the first token."
+        ),
+    ),
+    "concat": FusionType(
+        module="MMFusionConcatFusion",
+        uses_image_tokens=False,
+        title="late-fusion (concat)",
+        description=(
+            "Late fusion: the vision tower's pooled features are concatenated with the text tower's pooled output "
+            "and a linear classifier reads the result."
+        ),
+    ),
+    "attention": FusionType(
+        module="MMFusionAttentionFusion",
+        uses_image_tokens=True,
+        title="attention-fusion",
+        description=(
+            "Both modalities are projected to {fusion_hidden_size} dimensions ({num_image_tokens} image tokens and "
+            "the caption's tokens) and mixed by {fusion_num_heads}-head attention over the joint token set before "
+            "the classifier."
+        ),
+    ),
+}
+FUSION_TYPES = tuple(FUSIONS)
+# At most 7x7 image tokens by default: what a ResNet gives at 224 px, and the cost of early fusion grows with it.
+MAX_DEFAULT_IMAGE_GRID = 7
 
 # Written into every saved config so that a Hub user's `Auto*.from_pretrained(..., trust_remote_code=True)` finds the
 # classes in the files saved next to the weights, whichever of the model classes was saved.
@@ -57,6 +107,12 @@ def vision_grid_size(vision_config: PretrainedConfig, image_size: int) -> int | 
     return None
 
 
+def default_num_image_tokens(vision_config: PretrainedConfig, image_size: int) -> int:
+    """The tower's whole feature grid at `image_size`, pooled down to at most 7x7 = 49 tokens (49 when unknown)."""
+    grid = vision_grid_size(vision_config, image_size) or MAX_DEFAULT_IMAGE_GRID
+    return min(grid, MAX_DEFAULT_IMAGE_GRID) ** 2
+
+
 class MMFusionConfig(PretrainedConfig):
     r"""
     Configuration of an image+text classifier made of a text tower, a vision tower and a fusion module.
@@ -72,13 +128,15 @@ class MMFusionConfig(PretrainedConfig):
             `mmfusion.torchvision_resnet`): their weights are converted once at load time, so a checkpoint never
             needs torchvision.
         fusion (`str`, *optional*, defaults to `"early"`):
-            `"early"`: image grid tokens are projected into the text tower's embedding space and run through the
+            One of `FUSION_TYPES` (the registry `FUSIONS`). `"early"`: image grid tokens are projected into the text tower's embedding space and run through the
             text encoder together with the caption (MMBT-style). `"concat"`: pooled image features concatenated
             with the text tower's pooled output (late fusion). `"attention"`: both modalities projected to
             `fusion_hidden_size` and mixed by multi-head attention over the joint token set.
-        num_image_tokens (`int`, *optional*, defaults to 49):
+        num_image_tokens (`int`, *optional*):
             Image tokens given to early/attention fusion: the feature grid (7x7 = 49 for a ResNet at 224 px) is
-            average-pooled to a `sqrt(n) x sqrt(n)` grid, so `n` must be a square no larger than the grid.
+            average-pooled to a `sqrt(n) x sqrt(n)` grid, so `n` must be a square no larger than the grid. Defaults
+            to the vision tower's grid at `image_size`, at most 7x7 = 49 (49 for towers whose grid is not known
+            in advance).
         image_size (`int`, *optional*, defaults to 224):
             Side of the square images the processor produces; used to check `num_image_tokens` and for export.
         fusion_hidden_size (`int`, *optional*, defaults to 512):
@@ -105,7 +163,7 @@ class MMFusionConfig(PretrainedConfig):
         text_config: dict | PretrainedConfig | None = None,
         vision_config: dict | PretrainedConfig | None = None,
         fusion: str = "early",
-        num_image_tokens: int = 49,
+        num_image_tokens: int | None = None,
         image_size: int = 224,
         fusion_hidden_size: int = 512,
         fusion_num_heads: int = 8,
@@ -118,8 +176,10 @@ class MMFusionConfig(PretrainedConfig):
         self.text_config = _as_config(text_config, BertConfig.model_type)
         self.vision_config = _as_config(vision_config, ResNetConfig.model_type)
         self.fusion = fusion
-        self.num_image_tokens = num_image_tokens
         self.image_size = image_size
+        if num_image_tokens is None:
+            num_image_tokens = default_num_image_tokens(self.vision_config, image_size)
+        self.num_image_tokens = num_image_tokens
         self.fusion_hidden_size = fusion_hidden_size
         self.fusion_num_heads = fusion_num_heads
         self.classifier_dropout = classifier_dropout
@@ -141,14 +201,9 @@ class MMFusionConfig(PretrainedConfig):
     def vision_feature_size(self) -> int:
         return vision_feature_size(self.vision_config)
 
-    @property
-    def image_grid_side(self) -> int:
-        """Side of the pooled image-token grid (7 for 49 tokens)."""
-        return math.isqrt(self.num_image_tokens)
-
     def validate_fusion_settings(self) -> None:
         """Fail at construction, with a message that says what to change, rather than deep inside `forward`."""
-        if self.fusion not in FUSION_TYPES:
+        if self.fusion not in FUSIONS:
             raise ValueError(f"Unknown fusion type {self.fusion!r}; expected one of {', '.join(FUSION_TYPES)}.")
         if getattr(self.text_config, "hidden_size", None) is None:
             raise ValueError(
@@ -171,7 +226,7 @@ class MMFusionConfig(PretrainedConfig):
                 "the image feature grid is pooled to a square grid."
             )
         grid = vision_grid_size(self.vision_config, self.image_size)
-        if self.fusion != "concat" and grid is not None and side > grid:
+        if FUSIONS[self.fusion].uses_image_tokens and grid is not None and side > grid:
             raise ValueError(
                 f"num_image_tokens={self.num_image_tokens} asks for more image tokens than the vision tower's "
                 f"{grid}x{grid} feature grid has at image_size={self.image_size} ({grid * grid} at most)."
@@ -189,4 +244,12 @@ class MMFusionConfig(PretrainedConfig):
 
 MMFusionConfig.register_for_auto_class()
 
-__all__ = ["MMFusionConfig", "FUSION_TYPES", "vision_feature_size", "vision_grid_size"]
+__all__ = [
+    "FUSIONS",
+    "FUSION_TYPES",
+    "FusionType",
+    "MMFusionConfig",
+    "default_num_image_tokens",
+    "vision_feature_size",
+    "vision_grid_size",
+]

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_mmfusion import MMFusionConfig
+from .configuration_mmfusion import FUSIONS, MMFusionConfig
 
 try:  # transformers' init functions skip weights that were loaded from a checkpoint
     from transformers import initialization as init
@@ -42,15 +43,31 @@ class MMFusionModelOutput(ModelOutput):
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
         The joint token sequence (caption tokens, then image tokens) for early and attention fusion.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        Text-encoder hidden states (embeddings, then one per layer) when `output_hidden_states=True`.
+        Text-encoder hidden states (embeddings, then one per layer) when `output_hidden_states` is set; with a list
+        of layer indices, the entries not selected are `None`. Early fusion's encoder runs over caption and image
+        tokens, so there they span both.
     attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Attention weights when `output_attentions=True` (eager attention only, as in transformers).
+        The text encoder's attention weights, one `(batch, heads, length, length)` tensor per layer, when
+        `output_attentions=True` (eager attention only, as in transformers).
+    fusion_attentions (`torch.FloatTensor`, *optional*):
+        Attention fusion's own weights over the joint token set, `(batch, fusion_num_heads, length, length)`, when
+        `output_attentions=True`.
     """
 
     pooler_output: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    fusion_attentions: torch.FloatTensor | None = None
+
+
+@dataclass
+class MMFusionClassifierOutput(SequenceClassifierOutput):
+    """
+    `SequenceClassifierOutput` plus `fusion_attentions`: attention fusion's own weights (see `MMFusionModelOutput`).
+    """
+
+    fusion_attentions: torch.FloatTensor | None = None
 
 
 def image_tokens_from_features(image_features: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -87,6 +104,16 @@ def _first_token_or_pooler(text_model: nn.Module, sequence_output: torch.Tensor)
     return pooler(sequence_output) if pooler is not None else sequence_output[:, 0]
 
 
+def select_hidden_states(hidden_states: tuple, output_hidden_states) -> tuple:
+    """transformers' convention for `output_hidden_states=[i, j, ...]`: the entries not selected become `None`."""
+    if isinstance(output_hidden_states, bool):
+        return hidden_states
+    wanted = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+    count = len(hidden_states)
+    keep = {index % count for index in wanted if -count <= index < count}
+    return tuple(state if index in keep else None for index, state in enumerate(hidden_states))
+
+
 @contextmanager
 def record_tower_outputs(tower: nn.Module, hidden_states: bool, attentions: bool):
     """Collect per-layer hidden states / attention weights of a tower we drive piecewise (early fusion).
@@ -119,6 +146,10 @@ def record_tower_outputs(tower: nn.Module, hidden_states: bool, attentions: bool
 class MMFusionEarlyFusion(nn.Module):
     """Image grid tokens projected into the text tower's embedding space and encoded with the caption (MMBT)."""
 
+    # The text encoder runs over caption and image tokens: its hidden states and attentions span both.
+    encodes_image_tokens = True
+    uses_text_pooler = True
+
     def __init__(self, config: MMFusionConfig):
         super().__init__()
         text_config = config.text_config
@@ -140,8 +171,12 @@ class MMFusionEarlyFusion(nn.Module):
         )
         return self.dropout(self.image_layer_norm(embeddings))
 
-    def forward(self, text_model, input_ids, attention_mask, token_type_ids, image_tokens, **output_flags):
-        word_embeddings = text_model.get_input_embeddings()(input_ids) + self.modality_embeddings.weight[TEXT]
+    def forward(self, text_model, text_inputs, image_tokens, output_hidden_states=False, output_attentions=False):
+        input_ids, inputs_embeds = text_inputs["input_ids"], text_inputs["inputs_embeds"]
+        token_type_ids, attention_mask = text_inputs["token_type_ids"], text_inputs["attention_mask"]
+        if inputs_embeds is None:
+            inputs_embeds = text_model.get_input_embeddings()(input_ids)
+        word_embeddings = inputs_embeds + self.modality_embeddings.weight[TEXT]
         # The tower's own embedding module adds its (pretrained) position and token-type embeddings and LayerNorm.
         text_embeddings = text_model.embeddings(inputs_embeds=word_embeddings, token_type_ids=token_type_ids)
         image_embeddings = self.embed_image(image_tokens.to(text_embeddings.dtype))
@@ -152,12 +187,12 @@ class MMFusionEarlyFusion(nn.Module):
             inputs_embeds=joint,
             attention_mask=torch.cat([attention_mask, image_mask], dim=1),
         )
-        with record_tower_outputs(
-            text_model, output_flags.get("output_hidden_states"), output_flags.get("output_attentions")
-        ) as recorded:
+        with record_tower_outputs(text_model, bool(output_hidden_states), output_attentions) as recorded:
             sequence_output = text_model.encoder(joint, attention_mask=joint_mask).last_hidden_state
-        hidden_states = (joint, *recorded["hidden_states"]) if output_flags.get("output_hidden_states") else None
-        attentions = tuple(recorded["attentions"]) if output_flags.get("output_attentions") else None
+        hidden_states = None
+        if output_hidden_states is not None and output_hidden_states is not False:
+            hidden_states = select_hidden_states((joint, *recorded["hidden_states"]), output_hidden_states)
+        attentions = tuple(recorded["attentions"]) if output_attentions else None
         return MMFusionModelOutput(
             pooler_output=_first_token_or_pooler(text_model, sequence_output),
             last_hidden_state=sequence_output,
@@ -169,13 +204,19 @@ class MMFusionEarlyFusion(nn.Module):
 class MMFusionConcatFusion(nn.Module):
     """Late fusion: pooled image features concatenated with the text tower's pooled output (the notebook's Part 1)."""
 
+    encodes_image_tokens = False
+    uses_text_pooler = True
+
     def __init__(self, config: MMFusionConfig):
         super().__init__()
         self.output_size = config.vision_feature_size + config.text_hidden_size
 
-    def forward(self, text_model, input_ids, attention_mask, token_type_ids, image_features, **output_flags):
+    def forward(self, text_model, text_inputs, image_features, output_hidden_states=False, output_attentions=False):
         text_outputs = text_model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **output_flags
+            **text_inputs,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
         )
         text_pooled = text_outputs.pooler_output
         if text_pooled is None:
@@ -192,6 +233,9 @@ class MMFusionAttentionFusion(nn.Module):
     """Both modalities projected to one width and mixed by multi-head attention over the joint token set (the
     tutorial's FusionLayer), then mean-pooled over the real (unpadded) tokens."""
 
+    encodes_image_tokens = False
+    uses_text_pooler = False  # reads the token states
+
     def __init__(self, config: MMFusionConfig):
         super().__init__()
         width = config.fusion_hidden_size
@@ -205,10 +249,14 @@ class MMFusionAttentionFusion(nn.Module):
         self.layer_norm = nn.LayerNorm(width)
         self.output_size = width
 
-    def forward(self, text_model, input_ids, attention_mask, token_type_ids, image_tokens, **output_flags):
+    def forward(self, text_model, text_inputs, image_tokens, output_hidden_states=False, output_attentions=False):
         text_outputs = text_model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **output_flags
+            **text_inputs,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
         )
+        attention_mask = text_inputs["attention_mask"]
         text = self.text_projection(text_outputs.last_hidden_state) + self.modality_embeddings.weight[TEXT]
         image = (
             self.image_projection(image_tokens.to(text.dtype))
@@ -218,23 +266,27 @@ class MMFusionAttentionFusion(nn.Module):
         joint = torch.cat([text, image], dim=1)
         is_padding = torch.cat([attention_mask == 0, attention_mask.new_zeros(image.shape[:2], dtype=torch.bool)], 1)
         attended, weights = self.attention(
-            joint, joint, joint, key_padding_mask=is_padding, need_weights=bool(output_flags.get("output_attentions"))
+            joint,
+            joint,
+            joint,
+            key_padding_mask=is_padding,
+            need_weights=bool(output_attentions),
+            average_attn_weights=False,  # (batch, heads, length, length), like transformers' attentions
         )
         joint = self.layer_norm(joint + attended)
         keep = (~is_padding).unsqueeze(-1).to(joint.dtype)
         pooled = (joint * keep).sum(dim=1) / keep.sum(dim=1)
-        attentions = getattr(text_outputs, "attentions", None)
-        if weights is not None:
-            attentions = (*(attentions or ()), weights)
         return MMFusionModelOutput(
             pooler_output=pooled,
             last_hidden_state=joint,
             hidden_states=getattr(text_outputs, "hidden_states", None),
-            attentions=attentions,
+            attentions=getattr(text_outputs, "attentions", None),
+            fusion_attentions=weights,
         )
 
 
-FUSION_MODULES = {"early": MMFusionEarlyFusion, "concat": MMFusionConcatFusion, "attention": MMFusionAttentionFusion}
+# The module class of every fusion in the registry (`configuration_mmfusion.FUSIONS`).
+FUSION_MODULES = {name: globals()[fusion.module] for name, fusion in FUSIONS.items()}
 
 
 class MMFusionPreTrainedModel(PreTrainedModel):
@@ -250,6 +302,13 @@ class MMFusionPreTrainedModel(PreTrainedModel):
     # The loss is a per-batch mean; without this the Trainer sees `**kwargs` in forward, assumes the model averages
     # over `num_items_in_batch` itself and multiplies the loss by the number of DDP processes.
     accepts_loss_kwargs = False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers guesses from the module source: a class named `*Attention*(nn.Module)` (our attention
+        # fusion, whose nn.MultiheadAttention has no implementation switch) would make it refuse, and leave the
+        # top-level config behind while the text tower switches. The towers decide for themselves.
+        return True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -299,6 +358,13 @@ class MMFusionPreTrainedModel(PreTrainedModel):
         return model
 
 
+def _output_flag(value, config: MMFusionConfig, name: str, tower: str):
+    """An `output_*` flag as transformers resolves it: the argument, else the config's, else the tower sub-config's."""
+    if value is not None:
+        return value
+    return getattr(config, name, None) or getattr(getattr(config, tower), name, None) or False
+
+
 def _tower_from_config(sub_config):
     """Build a tower; `attn_implementation="sdpa"` given for the whole model applies where the tower has attention.
 
@@ -325,10 +391,11 @@ class MMFusionModel(MMFusionPreTrainedModel):
         super().__init__(config)
         self.text_model = _tower_from_config(config.text_config)
         self.vision_model = _tower_from_config(config.vision_config)
-        if config.fusion == "attention" and getattr(self.text_model, "pooler", None) is not None:
-            # Attention fusion reads the token states, not the pooler; an unused module would make DDP complain.
+        fusion_class = FUSION_MODULES[config.fusion]
+        if not fusion_class.uses_text_pooler and getattr(self.text_model, "pooler", None) is not None:
+            # e.g. attention fusion reads the token states, not the pooler; an unused module would make DDP complain.
             self.text_model.pooler = None
-        self.fusion = FUSION_MODULES[config.fusion](config)
+        self.fusion = fusion_class(config)
         self.post_init()
         for tower, frozen in (
             (self.text_model, config.freeze_text_encoder),
@@ -351,15 +418,39 @@ class MMFusionModel(MMFusionPreTrainedModel):
             self.vision_model.eval()
         return self
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The vision tower's last hidden state: (B, C, H, W) for CNNs, (B, N, C) for ViT-like towers.
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's word embeddings (what `resize_token_embeddings` resizes after tokens are added)."""
+        return self.text_model.get_input_embeddings()
 
-        This is what `image_features=` accepts, so features of a frozen tower can be computed once and reused.
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, output_hidden_states: bool | list[int] | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Run the vision tower: a `BaseModelOutputWithPooling` like transformers' image+text models return.
+
+        `last_hidden_state` is the tower's last hidden state, (B, C, H, W) for CNNs and (B, N, C) for ViT-like towers:
+        exactly what `image_features=` accepts, so the features of a frozen tower can be computed once and reused.
+        `pooler_output` is its global average (B, C), what concat fusion reads. `hidden_states` (the tower's, per
+        stage or layer) when `output_hidden_states` is set, here or in the config.
         """
+        output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states", "vision_config")
         needs_grad = torch.is_grad_enabled() and not self.config.freeze_vision_encoder
         with torch.set_grad_enabled(needs_grad):
-            return self.vision_model(pixel_values=pixel_values).last_hidden_state
+            outputs = self.vision_model(
+                pixel_values=pixel_values, output_hidden_states=output_hidden_states, return_dict=True
+            )
+        features = outputs.last_hidden_state
+        return BaseModelOutputWithPooling(
+            last_hidden_state=features,
+            pooler_output=pool_image_features(features),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -367,32 +458,60 @@ class MMFusionModel(MMFusionPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_features: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         **kwargs,
     ) -> MMFusionModelOutput | tuple:
-        if input_ids is None:
-            raise ValueError("input_ids are required (use the processor on the caption, even an empty one).")
+        r"""
+        image_features (`torch.FloatTensor`, *optional*):
+            Precomputed `get_image_features(pixel_values).last_hidden_state`, instead of `pixel_values`.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+            The caption's word embeddings instead of `input_ids`.
+        output_hidden_states (`bool` or `list[int]`, *optional*):
+            Return the text encoder's hidden states; a list of indices returns only those (the others are `None`).
+            Defaults to the config's flag (or the text sub-config's).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(
+                "Pass exactly one of `input_ids` and `inputs_embeds` (use the processor on the caption, even an "
+                "empty one)."
+            )
         if (pixel_values is None) == (image_features is None):
             raise ValueError("Pass exactly one of `pixel_values` and `image_features` (precomputed features).")
+        output_attentions = _output_flag(output_attentions, self.config, "output_attentions", "text_config")
+        output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states", "text_config")
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            text = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
         if image_features is None:
-            image_features = self.get_image_features(pixel_values)
+            image_features = self.get_image_features(
+                pixel_values, output_hidden_states=False, return_dict=True
+            ).last_hidden_state
+        elif not isinstance(image_features, torch.Tensor):
+            raise TypeError(
+                "image_features must be a tensor: pass `get_image_features(pixel_values).last_hidden_state`, not "
+                f"the {type(image_features).__name__} itself."
+            )
         if self.training and self.config.modality_dropout > 0:
             image_features, attention_mask = self._drop_modalities(image_features, attention_mask)
 
         fusion_input = image_features
-        if self.config.fusion != "concat":
+        if FUSIONS[self.config.fusion].uses_image_tokens:
             fusion_input = image_tokens_from_features(image_features, self.config.num_image_tokens)
-        output_flags = {}
-        if output_hidden_states:
-            output_flags["output_hidden_states"] = True
-        if output_attentions:
-            output_flags["output_attentions"] = True
-        outputs = self.fusion(self.text_model, input_ids, attention_mask, token_type_ids, fusion_input, **output_flags)
-        return outputs if return_dict is not False else outputs.to_tuple()
+        text_inputs = {
+            "input_ids": input_ids,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
+        return self.fusion(
+            self.text_model,
+            text_inputs,
+            fusion_input,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
 
     def _drop_modalities(self, image_features, attention_mask):
         """Per example, with probability `modality_dropout`, blank the image features or cut the caption to [CLS]."""
@@ -421,9 +540,17 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
         self.classifier = nn.Linear(self.mmfusion.output_size, config.num_labels)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.mmfusion.get_image_features(pixel_values)
+    def get_input_embeddings(self) -> nn.Module:
+        return self.mmfusion.get_input_embeddings()
 
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.mmfusion.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """See `MMFusionModel.get_image_features`."""
+        return self.mmfusion.get_image_features(pixel_values, **kwargs)
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -431,27 +558,32 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_features: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> MMFusionClassifierOutput | tuple:
         outputs = self.mmfusion(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
             image_features=image_features,
+            inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = self.compute_loss(logits, labels) if labels is not None else None
-        output = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return MMFusionClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            fusion_attentions=outputs.fusion_attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)
@@ -477,6 +609,8 @@ __all__ = [
     "MMFusionModel",
     "MMFusionForClassification",
     "MMFusionModelOutput",
+    "MMFusionClassifierOutput",
+    "FUSION_MODULES",
     "image_tokens_from_features",
     "pool_image_features",
 ]

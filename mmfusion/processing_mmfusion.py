@@ -74,41 +74,28 @@ def default_image_processor(image_size: int = 224):
 class MMFusionProcessor(ProcessorMixin):
     """Tokenizer + image processor.
 
-    `processor(images=..., text=..., return_tensors="pt")` returns `input_ids`, `attention_mask` (and
-    `token_type_ids` when the tokenizer makes them) and `pixel_values`, ready for `MMFusionForClassification`.
-    Images of any PIL mode are converted to RGB first (see `to_rgb`).
+    `processor(images=..., text=...)` returns `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer
+    makes them) and `pixel_values` as PyTorch tensors, ready for `MMFusionForClassification`: captions are padded to
+    the batch's longest and truncated to the tokenizer's maximum. Images of any PIL mode are converted to RGB first
+    (see `to_rgb`). Other keyword arguments go where transformers' processors send them (`max_length=`,
+    `padding="max_length"`, `return_tensors=None`, `text_kwargs={...}`, `images_kwargs={...}`).
     """
+
+    # Defaults by modality, the lowest-priority layer of transformers' processor kwargs.
+    text_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
+        # What `save_pretrained` writes for remote code; set here too so that a loaded processor equals the saved one.
+        self.auto_map = {"AutoProcessor": "processing_mmfusion.MMFusionProcessor"}
 
-    def __call__(
-        self,
-        images=None,
-        text: str | list[str] | None = None,
-        padding: bool | str = True,
-        truncation: bool = True,
-        max_length: int | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs,
-    ) -> BatchFeature:
+    def __call__(self, images=None, text: str | list[str] | None = None, **kwargs) -> BatchFeature:
         if images is None and text is None:
             raise ValueError("MMFusionProcessor needs `images`, `text` or both.")
-        data = {}
-        if text is not None:
-            data.update(
-                self.tokenizer(
-                    text,
-                    padding=padding,
-                    truncation=truncation,
-                    max_length=max_length,
-                    return_tensors=return_tensors,
-                    **kwargs,
-                )
-            )
         if images is not None:
-            data.update(self.image_processor(self.prepare_images(images), return_tensors=return_tensors))
-        return BatchFeature(data=data, tensor_type=return_tensors)
+            images = self.prepare_images(images)
+        return super().__call__(images=images, text=text, **kwargs)
 
     @staticmethod
     def prepare_images(images):

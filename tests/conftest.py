@@ -79,7 +79,7 @@ def trained_demo_checkpoint(tmp_path_factory) -> TrainedDemoCheckpoint:
         def encode(split):
             inputs = processor(images=split["image"], text=split["text"], padding="max_length", max_length=max_length)
             with torch.no_grad():
-                features = model.get_image_features(inputs.pop("pixel_values"))
+                features = model.get_image_features(inputs.pop("pixel_values")).last_hidden_state
             return dict(inputs), features, torch.tensor(split["label"])
 
         (train_inputs, train_features, train_labels) = encode(train)

@@ -144,5 +144,5 @@ def test_from_text_vision_pretrained_converts_torchvision_resnets(tmp_path):
     pixels = torch.randn(2, 3, 64, 64)
     trunk = torch.nn.Sequential(*list(reference.children())[:-2])
     with torch.no_grad():
-        assert_close(model.get_image_features(pixels), trunk(pixels), atol=1e-5, rtol=1e-4)
+        assert_close(model.get_image_features(pixels).last_hidden_state, trunk(pixels), atol=1e-5, rtol=1e-4)
     assert model.config.vision_config.hidden_sizes == [64, 128, 256, 512]

@@ -1,10 +1,13 @@
 import json
 
 import pytest
+import torch
 from tiny_models import tiny_config, tiny_text_config, tiny_vision_config
 from transformers import AutoConfig, BertConfig, ResNetConfig
 
-from mmfusion import MMFusionConfig
+from mmfusion import FUSION_TYPES, MMFusionConfig, MMFusionForClassification
+from mmfusion.configuration_mmfusion import FUSIONS
+from mmfusion.modeling_mmfusion import FUSION_MODULES
 
 
 def test_defaults_are_bert_base_and_resnet50_early_fusion():
@@ -77,3 +80,33 @@ def test_text_hidden_size_must_split_into_heads():
 def test_concat_fusion_ignores_token_grid_limits():
     # concat fusion pools the whole grid, so num_image_tokens does not have to fit in it
     assert tiny_config("concat", num_image_tokens=49).fusion == "concat"
+
+
+def test_num_image_tokens_defaults_to_the_towers_grid_at_most_49():
+    # issue 10: a small tower at 64 px works with the defaults (its grid is 2x2 at 32 px, 4x4 at 64 px)
+    config = MMFusionConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), image_size=64)
+    assert config.num_image_tokens == 16
+    model = MMFusionForClassification(config).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[2, 7, 9, 3]]), pixel_values=torch.zeros(1, 3, 64, 64)).logits
+    assert logits.shape == (1, 2)
+    assert MMFusionConfig(vision_config=tiny_vision_config(), image_size=512).num_image_tokens == 49  # 16x16 grid
+    assert MMFusionConfig().num_image_tokens == 49  # resnet-50 at 224 px: 7x7
+
+
+def test_saved_configs_with_explicit_image_tokens_keep_loading(tmp_path):
+    tiny_config(num_image_tokens=4).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["num_image_tokens"] == 4  # the resolved number is written, so reloading never re-derives it
+    saved["num_image_tokens"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert AutoConfig.from_pretrained(tmp_path).num_image_tokens == 1
+
+
+def test_the_fusion_registry_drives_validation_and_the_model():
+    assert FUSION_TYPES == tuple(FUSIONS) == ("early", "concat", "attention")
+    for name, fusion in FUSIONS.items():
+        assert FUSION_MODULES[name].__name__ == fusion.module
+        assert fusion.title and fusion.description.format(**tiny_config(name).to_dict())
+    with pytest.raises(ValueError, match="expected one of early, concat, attention"):
+        tiny_config("late")

@@ -2,6 +2,7 @@ import pytest
 import torch
 from tiny_models import IMAGE_SIZE, tiny_config, tiny_model
 from torch.testing import assert_close
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmfusion import MMFusionForClassification
 
@@ -84,7 +85,7 @@ def test_precomputed_image_features_match_pixel_values(fusion):
     model = tiny_model(fusion).eval()
     inputs = batch()
     with torch.no_grad():
-        features = model.get_image_features(inputs["pixel_values"])
+        features = model.get_image_features(inputs["pixel_values"]).last_hidden_state
         from_pixels = model(**inputs).logits
         inputs["image_features"] = features
         del inputs["pixel_values"]
@@ -196,5 +197,150 @@ def test_tiny_config_grid_matches_the_tower():
     # the config's grid arithmetic agrees with what the tower really produces
     config = tiny_config(image_size=64, num_image_tokens=16)
     model = MMFusionForClassification(config)
-    features = model.get_image_features(torch.zeros(1, 3, 64, 64))
+    features = model.get_image_features(torch.zeros(1, 3, 64, 64)).last_hidden_state
     assert features.shape[-2:] == (4, 4)
+
+
+# Regression tests for issue 15: the conventions transformers' composite models follow. They hold where the common
+# suite (tests/test_conformance.py) is skipped.
+
+
+def model_inputs(**overrides):
+    return {key: value for key, value in batch(**overrides).items() if key != "labels"}
+
+
+def eager_model(fusion, tmp_path, **overrides):
+    tiny_model(fusion, **overrides).save_pretrained(tmp_path)
+    return MMFusionForClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_output_flags_and_return_dict_are_read_from_the_config(fusion, tmp_path):
+    model = eager_model(fusion, tmp_path)
+    inputs = model_inputs()
+    with torch.no_grad():
+        plain = model(**inputs)
+        assert plain.hidden_states is None and plain.attentions is None
+        model.config.output_hidden_states = True
+        model.config.output_attentions = True
+        flagged = model(**inputs)
+        model.config.return_dict = False
+        as_tuple = model(**inputs)
+    assert len(flagged.hidden_states) == 1 + 2 and len(flagged.attentions) == 2
+    assert isinstance(as_tuple, tuple)
+    assert_close(as_tuple[0], plain.logits)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_the_text_sub_configs_output_flag_is_honoured(fusion):
+    model = tiny_model(fusion).eval()
+    model.config.text_config.output_hidden_states = True
+    with torch.no_grad():
+        outputs = model(**model_inputs())
+    assert len(outputs.hidden_states) == 1 + 2
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_output_hidden_states_can_select_layers(fusion):
+    model = tiny_model(fusion).eval()
+    inputs = model_inputs()
+    with torch.no_grad():
+        every = model(**inputs, output_hidden_states=True).hidden_states
+        chosen = model(**inputs, output_hidden_states=[0, -1]).hidden_states
+    assert len(chosen) == len(every) == 3
+    assert chosen[1] is None
+    assert_close(chosen[0], every[0])
+    assert_close(chosen[2], every[2])
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_token_embeddings_can_be_resized_after_adding_tokens(fusion):
+    model = tiny_model(fusion).eval()
+    assert model.get_input_embeddings() is model.mmfusion.text_model.embeddings.word_embeddings
+    model.resize_token_embeddings(130)
+    assert model.get_input_embeddings().num_embeddings == 130
+    assert model.config.text_config.vocab_size == 130
+    inputs = model_inputs()
+    inputs["input_ids"][:, 1] = 129  # a token that did not exist before
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_enable_input_require_grads_makes_frozen_embeddings_carry_gradients(fusion):
+    model = tiny_model(fusion).train()
+    model.requires_grad_(False)
+    model.enable_input_require_grads()
+    assert model(**model_inputs()).logits.requires_grad
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_inputs_embeds_give_the_same_logits_as_input_ids(fusion):
+    model = tiny_model(fusion).eval()
+    inputs = model_inputs()
+    with torch.no_grad():
+        from_ids = model(**inputs).logits
+        embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
+        from_embeds = model(**inputs, inputs_embeds=embeds).logits
+    assert_close(from_embeds, from_ids)
+
+
+def test_get_image_features_returns_the_standard_output():
+    model = tiny_model("early").eval()
+    pixel_values = batch()["pixel_values"]
+    with torch.no_grad():
+        outputs = model.get_image_features(pixel_values)
+        with_states = model.get_image_features(pixel_values, output_hidden_states=True)
+        as_tuple = model.get_image_features(pixel_values, return_dict=False)
+    assert isinstance(outputs, BaseModelOutputWithPooling)
+    assert outputs.last_hidden_state.shape == (4, 32, 2, 2)  # the tower's feature map, what image_features= takes
+    assert_close(outputs.pooler_output, outputs.last_hidden_state.mean(dim=(-2, -1)))
+    assert len(with_states.hidden_states) == 1 + 3  # stem, then one per stage
+    assert isinstance(as_tuple, tuple)
+    assert_close(as_tuple[0], outputs.last_hidden_state)
+
+
+def test_a_model_output_is_refused_as_image_features():
+    model = tiny_model("early").eval()
+    inputs = model_inputs()
+    features = model.get_image_features(inputs.pop("pixel_values"))
+    with pytest.raises(TypeError, match=r"get_image_features\(pixel_values\).last_hidden_state"):
+        model(**inputs, image_features=features)
+
+
+def test_attention_fusion_keeps_its_weights_apart_from_the_towers(tmp_path):
+    model = eager_model("attention", tmp_path)
+    inputs = model_inputs()
+    with torch.no_grad():
+        outputs = model(**inputs, output_attentions=True)
+    seq_len, joint_len = inputs["input_ids"].shape[1], inputs["input_ids"].shape[1] + 4
+    assert len(outputs.attentions) == 2  # one per text layer, nothing else
+    assert all(weights.shape == (4, 4, seq_len, seq_len) for weights in outputs.attentions)
+    assert outputs.fusion_attentions.shape == (4, 2, joint_len, joint_len)  # (batch, fusion heads, joint, joint)
+    assert_close(outputs.fusion_attentions.sum(-1), torch.ones(4, 2, joint_len))
+    assert torch.all(outputs.fusion_attentions[0, :, :, 6:seq_len] == 0)  # padded caption positions
+    assert model(**inputs).fusion_attentions is None
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_a_text_config_asking_for_tuples_does_not_break_the_model(fusion):
+    model = tiny_model(fusion).eval()
+    inputs = model_inputs()
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        model.config.text_config.return_dict = False
+        model.config.vision_config.return_dict = False
+        assert_close(model(**inputs).logits, reference)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_set_attn_implementation_switches_the_whole_model(fusion):
+    model = tiny_model(fusion).eval()
+    inputs = model_inputs()
+    with torch.no_grad():
+        sdpa = model(**inputs).logits
+        model.set_attn_implementation("eager")
+        eager = model(**inputs).logits
+    assert model.config._attn_implementation == "eager"
+    assert model.mmfusion.text_model.config._attn_implementation == "eager"
+    assert_close(eager, sdpa, atol=1e-5, rtol=1e-4)

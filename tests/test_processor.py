@@ -68,3 +68,17 @@ def test_processor_round_trips_through_save_pretrained(tmp_path):
     image, text = Image.new("RGB", (40, 30), (10, 200, 30)), ["perfect solitude on a crowded beach"]
     for key, value in processor(images=image, text=text).items():
         assert torch.equal(reloaded(images=image, text=text)[key], value)
+
+
+def test_processor_kwargs_reach_the_tokenizer_and_the_image_processor(tmp_path):
+    # transformers' processor conventions (issue 15): flat kwargs go where they apply, per-modality dicts work too
+    processor = tiny_processor()
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    padded = processor(images=[image, image], text=["a cat", "a dog"], padding="max_length", max_length=12)
+    assert padded["input_ids"].shape == (2, 12)
+    unnormalised = processor(images=image, images_kwargs={"do_normalize": False})["pixel_values"]
+    assert_close(unnormalised[0, :, 0, 0], torch.tensor([10, 200, 30]) / 255.0, atol=1e-3, rtol=0)
+    as_lists = processor(text="a cat", return_tensors=None)
+    assert isinstance(as_lists["input_ids"], list)
+    processor.save_pretrained(tmp_path)
+    assert MMFusionProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
