@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mmfusion import FUSIONS, MMFusionConfig
+from .torchvision_resnet import load_torchvision_resnet, torchvision_architecture
 
 try:  # transformers' init functions skip weights that were loaded from a checkpoint
     from transformers import initialization as init
@@ -342,12 +343,9 @@ class MMFusionPreTrainedModel(PreTrainedModel):
         ```
         """
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **(text_kwargs or {}))
-        if vision_model_name_or_path.startswith("torchvision/"):
-            from .torchvision_resnet import load_torchvision_resnet
-
-            vision_model = load_torchvision_resnet(
-                vision_model_name_or_path.split("/", 1)[1], weights_path=torchvision_weights
-            )
+        architecture = torchvision_architecture(vision_model_name_or_path)
+        if architecture:
+            vision_model = load_torchvision_resnet(architecture, weights_path=torchvision_weights)
         else:
             vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **(vision_kwargs or {}))
         config = MMFusionConfig(text_config=text_model.config, vision_config=vision_model.config, **config_kwargs)

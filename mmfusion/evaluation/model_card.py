@@ -16,7 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..configuration_mmfusion import MMFusionConfig
+from ..configuration_mmfusion import FUSIONS, MMFusionConfig
 from ..files import atomic_write_text
 from .report import ablation_markdown, headline_metric_names, markdown_table
 
@@ -31,22 +31,6 @@ _HUB_METRICS = {
     "precision": ("precision", "Precision", None),
     "recall": ("recall", "Recall", None),
     "macro_f1": ("f1", "Macro F1", {"average": "macro"}),
-}
-_FUSION_DESCRIPTIONS = {
-    "early": (
-        "The vision tower's feature grid is pooled to {num_image_tokens} image tokens, projected into the text "
-        "tower's embedding space with their own position and modality embeddings, and encoded together with the "
-        "caption's tokens by the text transformer (MMBT-style early fusion); the classifier reads the first token."
-    ),
-    "concat": (
-        "Late fusion: the vision tower's pooled features are concatenated with the text tower's pooled output and "
-        "a linear classifier reads the result."
-    ),
-    "attention": (
-        "Both modalities are projected to {fusion_hidden_size} dimensions ({num_image_tokens} image tokens and the "
-        "caption's tokens) and mixed by {fusion_num_heads}-head attention over the joint token set before the "
-        "classifier."
-    ),
 }
 
 
@@ -261,7 +245,7 @@ def _sections(config: MMFusionConfig, eval_report: dict, dataset_name: str, base
         for name, flag in (("text tower", config.freeze_text_encoder), ("vision tower", config.freeze_vision_encoder))
         if flag
     ]
-    fusion_description = _FUSION_DESCRIPTIONS.get(config.fusion, "").format(
+    fusion_description = FUSIONS[config.fusion].description.format(
         num_image_tokens=config.num_image_tokens,
         fusion_hidden_size=config.fusion_hidden_size,
         fusion_num_heads=config.fusion_num_heads,
@@ -337,7 +321,6 @@ def write_model_card(
         license=license,
     )
     sections = _sections(config, eval_report, dataset_name, base_models)
-    fusion_title = {"early": "early-fusion", "concat": "late-fusion (concat)", "attention": "attention-fusion"}
     task = "hateful-meme detection" if hateful else f"{len(label_names)}-class image+text classification"
     procedure = (
         "Fine-tuned with the Hugging Face `Trainer` (mmfusion's `train.py`) on the cross-entropy of the class "
@@ -347,7 +330,7 @@ def write_model_card(
         card_data,
         template_path=str(template_path),
         model_id=model_id,
-        model_title=f"{model_id.split('/')[-1]}: {fusion_title.get(config.fusion, config.fusion)} {task}",
+        model_title=f"{model_id.split('/')[-1]}: {FUSIONS[config.fusion].title} {task}",
         summary=(
             f"An image+text classifier ({sections['fusion']} fusion of a text and a vision tower) for {task} "
             f"({', '.join(label_names)}), built with mmfusion on transformers."

@@ -16,10 +16,14 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..configuration_mmfusion import FUSION_TYPES
+
 
 @dataclass
 class ModelArguments:
-    fusion: str = field(default="early", metadata={"help": "early | concat | attention"})
+    fusion: str = field(
+        default="early", metadata={"help": "How the towers are joined.", "choices": list(FUSION_TYPES)}
+    )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "An mmfusion checkpoint (folder or Hub id) to fine-tune or evaluate."}
     )

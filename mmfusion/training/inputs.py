@@ -197,7 +197,7 @@ def encode_images(
     def features_of(pixel_values: np.ndarray) -> np.ndarray:
         pixel_values = torch.from_numpy(pixel_values).to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            features = model.get_image_features(pixel_values)
+            features = model.get_image_features(pixel_values).last_hidden_state
         return features.float().cpu().numpy()
 
     was_training = towers.vision_model.training

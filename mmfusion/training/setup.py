@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer
 
 from ..checkpoints import check_checkpoint
-from ..configuration_mmfusion import MMFusionConfig, vision_grid_size
+from ..configuration_mmfusion import MMFusionConfig
 from ..data import load_image_text_dataset
 from ..modeling_mmfusion import MMFusionForClassification
 from ..processing_mmfusion import MMFusionProcessor, default_image_processor
-from ..torchvision_resnet import torchvision_architecture, torchvision_resnet_config
 from .arguments import DataArguments, ModelArguments
 from .presets import small_text_config, small_vision_config
 from .tokenization import train_wordpiece_tokenizer
@@ -152,6 +151,7 @@ def build_model(
     settings = dict(
         fusion=model_args.fusion,
         image_size=image_size,
+        num_image_tokens=model_args.num_image_tokens,  # None: the tower's grid, at most 7x7
         fusion_hidden_size=model_args.fusion_hidden_size,
         fusion_num_heads=model_args.fusion_num_heads,
         classifier_dropout=model_args.classifier_dropout,
@@ -165,12 +165,6 @@ def build_model(
     if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
         raise ValueError("Give both --text_model_name_or_path and --vision_model_name_or_path, or neither.")
     if model_args.text_model_name_or_path:
-        architecture = torchvision_architecture(model_args.vision_model_name_or_path)
-        if architecture:
-            vision_config = torchvision_resnet_config(architecture)
-        else:
-            vision_config = AutoConfig.from_pretrained(model_args.vision_model_name_or_path)
-        settings["num_image_tokens"] = model_args.num_image_tokens or default_image_tokens(vision_config, image_size)
         return MMFusionForClassification.from_text_vision_pretrained(
             model_args.text_model_name_or_path,
             model_args.vision_model_name_or_path,
@@ -182,16 +176,9 @@ def build_model(
         vocab_size, hidden_size=model_args.small_text_hidden_size, num_layers=model_args.small_text_layers
     )
     vision_config = small_vision_config(model_args.small_vision_width, model_args.small_vision_stages)
-    settings["num_image_tokens"] = model_args.num_image_tokens or default_image_tokens(vision_config, image_size)
     config = MMFusionConfig(text_config=text_config, vision_config=vision_config, **settings)
     config._attn_implementation = model_args.attn_implementation
     return MMFusionForClassification(config)
-
-
-def default_image_tokens(vision_config, image_size: int) -> int:
-    """The whole feature grid, pooled down to at most 7x7 = 49 tokens."""
-    grid = vision_grid_size(vision_config, image_size) or 7
-    return min(grid, 7) ** 2
 
 
 __all__ = [

@@ -76,5 +76,5 @@ def blank_image_input(model, processor, uses_features: bool) -> np.ndarray:
     if uses_features:
         pixel_values = processor.image_processor(blank_image((size, size)), return_tensors="pt")["pixel_values"]
         device = next(model.parameters()).device
-        return model.get_image_features(pixel_values.to(device))[0].float().cpu().numpy()
+        return model.get_image_features(pixel_values.to(device)).last_hidden_state[0].float().cpu().numpy()
     return resized_uint8_pixels(processor.image_processor, blank_image((size, size)))
