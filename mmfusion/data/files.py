@@ -82,7 +82,7 @@ def files_signature(paths: Iterable[str | os.PathLike]) -> str:
         try:
             stat = os.stat(path)
             entry = f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path (the row checker reports that row)
             entry = f"{path}\tmissing\n"
         digest.update(entry.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]

@@ -105,15 +105,19 @@ def read_csv(
     parsed = []
     with _open(path, encoding, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return [], []
-        except csv.Error as err:
-            raise BadRowError(f"cannot parse the CSV header: {err}", file=path, line=1, skippable=False) from err
+        header: list[str] = []
+        while not any(name.strip() for name in header):  # the header is the first non-blank line
+            try:
+                header = next(reader)
+            except StopIteration:
+                return [], []
+            except csv.Error as err:
+                raise BadRowError(
+                    f"cannot parse the CSV header: {err}", file=path, line=reader.line_num, skippable=False
+                ) from err
         problem = _encoding_problem(delimiter.join(header), encoding)
         if problem is not None:
-            raise BadRowError(f"header {problem}", file=path, line=1, skippable=False)
+            raise BadRowError(f"header {problem}", file=path, line=reader.line_num, skippable=False)
         header = [name.strip() for name in header]
         id_index = header.index(id_column) if id_column in header else None
         previous_end = reader.line_num

@@ -259,6 +259,8 @@ class RowChecker:
                 raise bad(str(err)) from None
 
         written = f" (image field {row.image_field!r})" if row.image_field is not None else ""
+        if isinstance(row.image, str) and "\x00" in row.image:
+            raise bad(f"image path contains a NUL character{written}")
         if isinstance(row.image, str) and row.image_root is not None and not self.allow_outside_images:
             if not is_inside(row.image, row.image_root):
                 raise bad(
