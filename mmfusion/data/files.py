@@ -50,9 +50,10 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING as MISSING_DEFAULT
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import datasets
@@ -176,6 +177,47 @@ class ImageTextBuilder(datasets.GeneratorBasedBuilder):
         """Return `(labeled, rows)` for one split: whether the split has labels, and its raw rows."""
         raise NotImplementedError
 
+    def _raw_rows(
+        self,
+        path: str,
+        parsed_lines: list[ParsedLine],
+        resolve_image: Callable[[str], str],
+        *,
+        image_root: str,
+        use_id_column: bool = True,
+    ) -> Iterator[RawRow]:
+        """`RawRow`s of a parsed split file, fields named as in `field_names`; image paths through `resolve_image`.
+
+        Without an id column (`use_id_column=False`) the 0-based row number is the id.
+        """
+        names = {"id": "id", "image": "image", "text": "text", "label": "label", **self.field_names}
+        for row_number, parsed in enumerate(parsed_lines):
+            default_id = str(row_number)
+            if parsed.problem is not None:
+                row_id = parsed.guessed_id if use_id_column else default_id
+                yield RawRow(file=path, line=parsed.line, id=row_id, problem=parsed.problem)
+                continue
+            row = parsed.row
+            value = row.get(names["image"], MISSING)
+            problem = None
+            if isinstance(value, str) and value.strip():
+                image = resolve_image(value)
+            elif value is MISSING or value is None or (isinstance(value, str) and not value.strip()):
+                image = MISSING
+            else:
+                image, problem = MISSING, f"{names['image']!r} must be a file path, got {value!r}"
+            yield RawRow(
+                file=path,
+                line=parsed.line,
+                id=row.get(names["id"], MISSING) if use_id_column else default_id,
+                image=image,
+                text=row.get(names["text"], MISSING),
+                label=row.get(names["label"], MISSING),
+                problem=problem,
+                image_field=value if isinstance(value, str) else None,
+                image_root=image_root,
+            )
+
     def _generate_examples(self, split: str, **gen_kwargs) -> Iterator[tuple[Any, dict[str, Any]]]:
         labeled, rows = self._read_split(**gen_kwargs)
         checker = RowChecker(
@@ -218,15 +260,42 @@ class ImageTextBuilder(datasets.GeneratorBasedBuilder):
         return LoadReport.load(self.report_path)
 
 
+def loader_options(builder_class: type[ImageTextBuilder]) -> dict[str, Any]:
+    """`{option: default}` of the loader of a builder: its config's fields (where each option is declared, once)
+    plus `cache_dir`, `report_path` and `return_report`."""
+    options = {
+        f.name: f.default
+        for f in fields(builder_class.BUILDER_CONFIG_CLASS)
+        if f.init and f.name not in _BASE_CONFIG_FIELDS | {"input_signature", "split_files"}
+    }
+    return {**options, "cache_dir": None, "report_path": None, "return_report": False}
+
+
 def build_dataset_dict(
-    builder: ImageTextBuilder, *, report_path: str | os.PathLike | None = None, return_report: bool = False
+    builder_class: type[ImageTextBuilder],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    report_path: str | os.PathLike | None = None,
+    return_report: bool = False,
+    **config,
 ):
-    """Prepare (or reuse from the cache) a builder's dataset; return it (and its load report, see `finish_load`).
+    """Build (or reuse from the cache) a builder's dataset; return it (and its load report, see `finish_load`).
+
+    Args:
+        builder_class: `HatefulMemes` or `ImageTextFiles`.
+        cache_dir (`str`, *optional*): `datasets` cache directory (default: `datasets`' default cache).
+        report_path, return_report: see `load_image_text_dataset`.
+        **config: the builder's config (its source, and the options declared in `ImageTextConfig` and subclasses).
 
     Raises:
         `BadRowError`: the first bad row, when `on_bad_rows="error"` (unwrapped from `datasets`'
             `DatasetGenerationError`, so that callers can catch it directly).
+        `TypeError`: an option the builder's config does not have.
     """
+    unknown = set(config) - set(loader_options(builder_class)) - {"split_files", "data_dir"}
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for {builder_class.__name__}")
+    builder = builder_class(cache_dir=None if cache_dir is None else os.fspath(cache_dir), **config)
     try:
         builder.download_and_prepare()
     except datasets.exceptions.DatasetGenerationError as err:
@@ -398,37 +467,15 @@ class ImageTextFiles(ImageTextBuilder):
             for parsed in parsed_lines
         )
         use_id_column = config.id_column is not None and config.id_column in _columns_seen(None, parsed_lines)
-        return labeled, self._raw_rows(path, parsed_lines, use_id_column)
-
-    def _raw_rows(self, path: str, parsed_lines: list[ParsedLine], use_id_column: bool) -> Iterator[RawRow]:
-        config = self.config
         base_dir = os.path.dirname(path)
-        for row_number, parsed in enumerate(parsed_lines):
-            default_id = str(row_number)
-            if parsed.problem is not None:
-                row_id = parsed.guessed_id if use_id_column else default_id
-                yield RawRow(file=path, line=parsed.line, id=row_id, problem=parsed.problem)
-                continue
-            row = parsed.row
-            value = row.get(config.image_column, MISSING)
-            problem = None
-            if isinstance(value, str) and value.strip():
-                image = resolve_relative_path(base_dir, value)
-            elif value is MISSING or value is None or (isinstance(value, str) and not value.strip()):
-                image = MISSING
-            else:
-                image, problem = MISSING, f"{config.image_column!r} must be a file path, got {value!r}"
-            yield RawRow(
-                file=path,
-                line=parsed.line,
-                id=row.get(config.id_column, MISSING) if use_id_column else default_id,
-                image=image,
-                text=row.get(config.text_column, MISSING),
-                label=row.get(config.label_column, MISSING),
-                problem=problem,
-                image_field=value if isinstance(value, str) else None,
-                image_root=base_dir,
-            )
+        rows = self._raw_rows(
+            path,
+            parsed_lines,
+            partial(resolve_relative_path, base_dir),
+            image_root=base_dir,
+            use_id_column=use_id_column,
+        )
+        return labeled, rows
 
 
 def _column_not_found(path: str, name: str, seen: Iterable[str], options: str) -> BadRowError:
@@ -439,57 +486,22 @@ def _column_not_found(path: str, name: str, seen: Iterable[str], options: str) -
     )
 
 
-def load_image_text_files(
-    data_files: str | os.PathLike | Mapping[str, str | os.PathLike],
-    *,
-    image_column: str = "image",
-    text_column: str = "text",
-    label_column: str = DEFAULT_LABEL_COLUMN,
-    id_column: str | None = DEFAULT_ID_COLUMN,
-    class_names: list[str] | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    on_bad_rows: str = "error",
-    report_path: str | os.PathLike | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    allow_outside_images: bool = False,
-    encoding: str = DEFAULT_ENCODING,
-    return_report: bool = False,
-):
+def load_image_text_files(data_files: str | os.PathLike | Mapping[str, str | os.PathLike], **options):
     """Load JSONL/CSV image+text files as a `DatasetDict` (`id`, `image`, `text`, `label`), cached by `datasets`.
 
     Args:
         data_files (`str`, `os.PathLike` or `dict[str, str]`):
             One `.jsonl`/`.csv`/`.tsv` file (split `train`) or `{split: file}`, e.g.
             `{"train": "a.csv", "validation": "b.csv"}`.
-        image_column (`str`, defaults to `"image"`):
-            Column with image paths, relative to the data file's folder.
-        text_column (`str`, defaults to `"text"`):
-            Column with the captions (may be empty).
-        label_column (`str`, defaults to `"label"`):
-            Column with labels (class names or integer indices). A file without labels gives an unlabeled split;
-            a column named here that no file has is an error.
-        id_column (`str`, *optional*, defaults to `"id"`):
-            Column with example ids. When the file has no such column (or `id_column=None`), the 0-based row number
-            is the id.
-        class_names (`list[str]`, *optional*):
-            Ordered class names. Default: sorted unique string labels, or `"0".."N-1"` for integer labels.
-        cache_dir, on_bad_rows, report_path, max_image_pixels, allow_outside_images, encoding, return_report:
-            See `load_image_text_dataset`.
+        **options:
+            `image_column` (default `"image"`, paths relative to the data file's folder), `text_column` (`"text"`),
+            `label_column` (`"label"`; a file without labels gives an unlabeled split, a column named here that no
+            file has is an error), `id_column` (`"id"`; without it the 0-based row number is the id),
+            `class_names` (default: sorted unique string labels, or `"0".."N-1"` for integer labels); and the
+            options every source takes (`on_bad_rows`, `max_image_pixels`, ...): see `ImageTextFilesConfig`,
+            `ImageTextConfig` and `load_image_text_dataset`.
 
     Returns:
         `datasets.DatasetDict` (or `(DatasetDict, LoadReport)` with `return_report=True`).
     """
-    builder = ImageTextFiles(
-        split_files=data_files,
-        image_column=image_column,
-        text_column=text_column,
-        label_column=label_column,
-        id_column=id_column,
-        class_names=class_names,
-        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-        on_bad_rows=on_bad_rows,
-        max_image_pixels=max_image_pixels,
-        allow_outside_images=allow_outside_images,
-        encoding=encoding,
-    )
-    return build_dataset_dict(builder, report_path=report_path, return_report=return_report)
+    return build_dataset_dict(ImageTextFiles, split_files=data_files, **options)

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from functools import partial
 
 import datasets
 
 from .files import ImageTextBuilder, ImageTextConfig, build_dataset_dict, files_signature
-from .images import DEFAULT_MAX_IMAGE_PIXELS
-from .readers import DEFAULT_ENCODING, ParsedLine
+from .readers import DEFAULT_ENCODING
 from .rows import MISSING, RawRow, is_missing_label
 
 HATEFUL_MEMES_CLASS_NAMES = ["not_hateful", "hateful"]
@@ -131,65 +131,21 @@ class HatefulMemes(ImageTextBuilder):
     def _read_split(self, path: str) -> tuple[bool, Iterator[RawRow]]:
         _, parsed_lines = self.parse(path, encoding=self.config.encoding)
         labeled = any(p.row is not None and not is_missing_label(p.row.get("label", MISSING)) for p in parsed_lines)
-        return labeled, self._raw_rows(path, parsed_lines)
-
-    def _raw_rows(self, path: str, parsed_lines: list[ParsedLine]) -> Iterator[RawRow]:
-        for parsed in parsed_lines:
-            if parsed.problem is not None:
-                yield RawRow(file=path, line=parsed.line, id=parsed.guessed_id, problem=parsed.problem)
-                continue
-            row = parsed.row
-            img = row.get("img", MISSING)
-            problem = None
-            if isinstance(img, str) and img:
-                image = resolve_image_path(self.config.data_dir, img)
-            elif img is MISSING or img is None or img == "":
-                image = MISSING
-            else:
-                image, problem = MISSING, f"'img' must be a file name, got {img!r}"
-            yield RawRow(
-                file=path,
-                line=parsed.line,
-                id=row.get("id", MISSING),
-                image=image,
-                text=row.get("text", MISSING),
-                label=row.get("label", MISSING),
-                problem=problem,
-                image_field=img if isinstance(img, str) else None,
-                image_root=self.config.data_dir,
-            )
+        data_dir = self.config.data_dir
+        return labeled, self._raw_rows(path, parsed_lines, partial(resolve_image_path, data_dir), image_root=data_dir)
 
 
-def load_hateful_memes(
-    data_dir: str | os.PathLike,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    on_bad_rows: str = "error",
-    report_path: str | os.PathLike | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    allow_outside_images: bool = False,
-    encoding: str = DEFAULT_ENCODING,
-    return_report: bool = False,
-):
+def load_hateful_memes(data_dir: str | os.PathLike, **options):
     """Load a Hateful Memes folder as a `DatasetDict` (`id`, `image`, `text`, `label`), cached by `datasets`.
 
     Args:
         data_dir (`str` or `os.PathLike`):
             Folder with `img/` and the split files (`train.jsonl`, `dev_seen.jsonl`, ...).
-        cache_dir (`str`, *optional*):
-            `datasets` cache directory (default: `datasets`' default cache).
-        on_bad_rows, report_path, max_image_pixels, allow_outside_images, encoding, return_report:
-            See `load_image_text_dataset`.
+        **options:
+            `cache_dir`, `on_bad_rows`, `report_path`, `max_image_pixels`, `allow_outside_images`, `encoding`,
+            `return_report`: see `ImageTextConfig` and `load_image_text_dataset`.
 
     Returns:
         `datasets.DatasetDict` (or `(DatasetDict, LoadReport)`), one split per split file present.
     """
-    builder = HatefulMemes(
-        data_dir=data_dir,
-        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-        on_bad_rows=on_bad_rows,
-        max_image_pixels=max_image_pixels,
-        allow_outside_images=allow_outside_images,
-        encoding=encoding,
-    )
-    return build_dataset_dict(builder, report_path=report_path, return_report=return_report)
+    return build_dataset_dict(HatefulMemes, data_dir=data_dir, **options)

@@ -11,8 +11,8 @@ from typing import Any
 import datasets
 
 from .demo import load_demo_dataset
-from .files import load_image_text_files
-from .hateful_memes import HATEFUL_MEMES_SPLITS, is_hateful_memes_folder, load_hateful_memes
+from .files import ImageTextFiles, load_image_text_files, loader_options
+from .hateful_memes import HATEFUL_MEMES_SPLITS, HatefulMemes, is_hateful_memes_folder, load_hateful_memes
 from .in_memory import from_dataset
 from .readers import SUPPORTED_EXTENSIONS
 
@@ -50,14 +50,17 @@ _SOURCE_WORDS = {
 
 
 def _parameters(loader) -> dict[str, Any]:
-    """`{option: default}` a loader takes (its source argument and `**kwargs` aside)."""
-    parameters = [p for p in inspect.signature(loader).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    """`{option: default}` a loader takes (its source argument aside)."""
+    if loader is load_hateful_memes:
+        return loader_options(HatefulMemes)
+    if loader is load_image_text_files:
+        return loader_options(ImageTextFiles)
+    if loader is _load_hub_dataset:  # its options go on to `from_dataset`
+        return {name: d for name, d in _parameters(from_dataset).items() if name != "source_name"}
+    parameters = list(inspect.signature(loader).parameters.values())
     if loader is not load_demo_dataset:
         parameters = parameters[1:]  # the source
-    options = {p.name: p.default for p in parameters}
-    if loader is _load_hub_dataset:  # the rest goes on to `from_dataset`
-        options.update({name: d for name, d in _parameters(from_dataset).items() if name != "source_name"})
-    return options
+    return {p.name: p.default for p in parameters}
 
 
 def _option_defaults() -> dict[str, Any]:
