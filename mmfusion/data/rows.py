@@ -309,13 +309,14 @@ def _where(row: RawRow) -> str:
 
 
 def _row_keys(dataset: datasets.Dataset) -> list[tuple[str, str, str]]:
-    """`(id, text, image)` of every row, the image as its path or a hash of its bytes: no image is decoded."""
-    table = dataset.with_format("arrow")[:]
-    images = table.column("image").to_pylist()
+    """`(id, text, image)` of every row, the image as its path or a hash of its bytes: no image is decoded, and
+    image bytes are read a batch at a time (a Hub dataset may embed gigabytes of them)."""
     keys = []
-    for row_id, text, image in zip(table.column("id").to_pylist(), table.column("text").to_pylist(), images):
-        image_key = image.get("path") if image.get("bytes") is None else hashlib.sha1(image["bytes"]).hexdigest()
-        keys.append((row_id, text, image_key))
+    for batch in dataset.with_format("arrow").iter(batch_size=256):
+        images = batch.column("image").to_pylist()
+        for row_id, text, image in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist(), images):
+            image_key = image.get("path") if image.get("bytes") is None else hashlib.sha1(image["bytes"]).hexdigest()
+            keys.append((row_id, text, image_key))
     return keys
 
 
