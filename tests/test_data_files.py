@@ -208,3 +208,23 @@ def test_detect_kind(tmp_path, sentiment_jsonl):
         detect_kind(tmp_path)
     with pytest.raises(FileNotFoundError):
         detect_kind(tmp_path / "nothing")
+
+
+def test_each_split_file_is_parsed_once_per_build(sentiment_jsonl, tmp_path, monkeypatch):
+    """Class names, the cache signature and the rows all come from one parse of each split file."""
+    import builtins
+
+    opened = []
+    real_open = builtins.open
+
+    def counting_open(path, *args, **kwargs):
+        if str(path) == str(sentiment_jsonl):
+            opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    options = dict(id_column="post_id", image_column="photo", text_column="caption", label_column="sentiment")
+    dataset = load_image_text_files(sentiment_jsonl, cache_dir=tmp_path / "cache", **options)
+    assert len(dataset["train"]) == 5 and len(opened) == 1  # a fresh build
+    load_image_text_files(sentiment_jsonl, cache_dir=tmp_path / "cache", **options)
+    assert len(opened) == 2  # a load from the cache reads it once, for the signature of the referenced images

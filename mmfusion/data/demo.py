@@ -39,8 +39,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..processing_mmfusion import to_rgb
+from .errors import mmfusion_cache_dir
 from .hateful_memes import HATEFUL_MEMES_CLASS_NAMES, load_hateful_memes
-from .paths import mmfusion_cache_dir
+from .images import DEFAULT_MAX_IMAGE_PIXELS
 
 DEMO_VERSION = "1"
 DEMO_CLASS_NAMES = list(HATEFUL_MEMES_CLASS_NAMES)
@@ -201,6 +202,8 @@ def load_demo_dataset(
     num_train: int = DEMO_SPLIT_SIZES["train"],
     num_validation: int = DEMO_SPLIT_SIZES["validation"],
     num_test: int = DEMO_SPLIT_SIZES["test"],
+    on_bad_rows: str = "error",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     report_path: str | os.PathLike | None = None,
     return_report: bool = False,
 ):
@@ -216,14 +219,20 @@ def load_demo_dataset(
             one folder.
         num_train, num_validation, num_test (`int`):
             Split sizes (even).
-        report_path (`str`, *optional*):
-            Also write the load report there (it always lives in the `datasets` cache dir).
-        return_report (`bool`, defaults to `False`):
-            Also return the `LoadReport`.
+        on_bad_rows, max_image_pixels, report_path, return_report:
+            See `load_image_text_dataset` (the generated data has no bad rows; the options are the same as for any
+            source).
     """
     root = make_demo_folder(root, seed, num_train=num_train, num_validation=num_validation, num_test=num_test)
     if cache_dir is None:
         cache_dir = os.path.join(root, "datasets_cache")
-    loaded, report = load_hateful_memes(root, cache_dir=cache_dir, report_path=report_path, return_report=True)
+    loaded, report = load_hateful_memes(
+        root,
+        cache_dir=cache_dir,
+        on_bad_rows=on_bad_rows,
+        max_image_pixels=max_image_pixels,
+        report_path=report_path,
+        return_report=True,
+    )
     dataset_dict = datasets.DatasetDict({split: loaded[_SPLIT_FILES[split]] for split in _SPLIT_FILES})
     return (dataset_dict, report) if return_report else dataset_dict

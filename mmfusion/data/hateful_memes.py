@@ -15,7 +15,8 @@ handled here:
 - `img` is written `img/01235.png`, `/img/01235.png` or just `01235.png`: all resolve to `data_dir/img/01235.png`;
 - ids are kept as strings: `"01235"` keeps its leading zero, an int `42953` becomes `"42953"`;
 - test files come without labels: a split in which no line has a label gets label -1 everywhere (a labeled split
-  with a line missing its label is a bad row).
+  with a line missing its label is a bad row);
+- images must stay inside `data_dir` (an `img/` that is a symlink to another disk needs `allow_outside_images=True`).
 
 Labels: 0 = `not_hateful`, 1 = `hateful`.
 """
@@ -24,13 +25,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from functools import partial
 
 import datasets
 
-from .builder import ImageTextBuilder, ImageTextConfig, build_dataset_dict
-from .cache_signature import files_signature
-from .images import DEFAULT_MAX_IMAGE_PIXELS
-from .readers import read_jsonl
+from .files import ImageTextBuilder, ImageTextConfig, build_dataset_dict, files_signature
+from .readers import DEFAULT_ENCODING
 from .rows import MISSING, RawRow, is_missing_label
 
 HATEFUL_MEMES_CLASS_NAMES = ["not_hateful", "hateful"]
@@ -72,19 +72,6 @@ def resolve_image_path(data_dir: str, img: str) -> str:
     return candidates[0]
 
 
-def hateful_memes_signature(data_dir: str | os.PathLike) -> str:
-    """Signature (path, size, mtime_ns) of the split files and of every image they reference."""
-    data_dir = os.path.abspath(os.fspath(data_dir))
-    paths = []
-    for path in find_split_files(data_dir).values():
-        paths.append(path)
-        for parsed in read_jsonl(path):
-            img = parsed.row.get("img") if parsed.row is not None else None
-            if isinstance(img, str) and img:
-                paths.append(resolve_image_path(data_dir, img))
-    return files_signature(paths)
-
-
 class HatefulMemes(ImageTextBuilder):
     """`datasets` builder for a folder in the Hateful Memes layout (see the module docstring).
 
@@ -93,7 +80,7 @@ class HatefulMemes(ImageTextBuilder):
             The folder holding `img/` and the `*.jsonl` split files.
         cache_dir (`str`, *optional*):
             `datasets` cache directory (default: the `datasets` default cache).
-        on_bad_rows, max_image_pixels:
+        on_bad_rows, max_image_pixels, allow_outside_images, encoding:
             See `ImageTextConfig`.
     """
 
@@ -108,9 +95,21 @@ class HatefulMemes(ImageTextBuilder):
             raise FileNotFoundError(
                 f"No Hateful Memes split file ({', '.join(s + '.jsonl' for s in HATEFUL_MEMES_SPLITS)}) in {data_dir}"
             )
+        self._parsed = {}
         if kwargs.get("input_signature") is None:
-            kwargs["input_signature"] = hateful_memes_signature(data_dir)
+            kwargs["input_signature"] = self._signature(data_dir, kwargs.get("encoding", DEFAULT_ENCODING))
         super().__init__(*args, data_dir=data_dir, **kwargs)
+
+    def _signature(self, data_dir: str, encoding: str) -> str:
+        """Signature (path, size, mtime_ns) of the split files and of every image they reference."""
+        paths = []
+        for path in find_split_files(data_dir).values():
+            paths.append(path)
+            for parsed in self.parse(path, encoding=encoding)[1]:
+                img = parsed.row.get("img") if parsed.row is not None else None
+                if isinstance(img, str) and img:
+                    paths.append(resolve_image_path(data_dir, img))
+        return files_signature(paths)
 
     @property
     def class_names(self) -> list[str]:
@@ -130,69 +129,23 @@ class HatefulMemes(ImageTextBuilder):
         ]
 
     def _read_split(self, path: str) -> tuple[bool, Iterator[RawRow]]:
-        parsed_lines = read_jsonl(path)
+        _, parsed_lines = self.parse(path, encoding=self.config.encoding)
         labeled = any(p.row is not None and not is_missing_label(p.row.get("label", MISSING)) for p in parsed_lines)
-        return labeled, self._raw_rows(path, parsed_lines)
-
-    def _raw_rows(self, path: str, parsed_lines) -> Iterator[RawRow]:
-        for parsed in parsed_lines:
-            if parsed.problem is not None:
-                yield RawRow(file=path, line=parsed.line, id=parsed.guessed_id, problem=parsed.problem)
-                continue
-            row = parsed.row
-            img = row.get("img", MISSING)
-            problem = None
-            if isinstance(img, str) and img:
-                image = resolve_image_path(self.config.data_dir, img)
-            elif img is MISSING or img is None or img == "":
-                image = MISSING
-            else:
-                image, problem = MISSING, f"'img' must be a file name, got {img!r}"
-            yield RawRow(
-                file=path,
-                line=parsed.line,
-                id=row.get("id", MISSING),
-                image=image,
-                text=row.get("text", MISSING),
-                label=row.get("label", MISSING),
-                problem=problem,
-                image_field=img if isinstance(img, str) else None,
-            )
+        data_dir = self.config.data_dir
+        return labeled, self._raw_rows(path, parsed_lines, partial(resolve_image_path, data_dir), image_root=data_dir)
 
 
-def load_hateful_memes(
-    data_dir: str | os.PathLike,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    on_bad_rows: str = "error",
-    report_path: str | os.PathLike | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    return_report: bool = False,
-):
+def load_hateful_memes(data_dir: str | os.PathLike, **options):
     """Load a Hateful Memes folder as a `DatasetDict` (`id`, `image`, `text`, `label`), cached by `datasets`.
 
     Args:
         data_dir (`str` or `os.PathLike`):
             Folder with `img/` and the split files (`train.jsonl`, `dev_seen.jsonl`, ...).
-        cache_dir (`str`, *optional*):
-            `datasets` cache directory (default: `datasets`' default cache).
-        on_bad_rows (`str`, defaults to `"error"`):
-            `"error"`: raise `BadRowError` at the first bad row. `"skip"`: leave bad rows out and report them.
-        report_path (`str`, *optional*):
-            Also write the load report there (it always lives in the builder's cache dir as `load_report.json`).
-        max_image_pixels (`int`, *optional*):
-            Decompression-bomb guard: images with more pixels are bad rows.
-        return_report (`bool`, defaults to `False`):
-            Return `(dataset_dict, load_report)` instead of the `DatasetDict` alone.
+        **options:
+            `cache_dir`, `on_bad_rows`, `report_path`, `max_image_pixels`, `allow_outside_images`, `encoding`,
+            `return_report`: see `ImageTextConfig` and `load_image_text_dataset`.
 
     Returns:
         `datasets.DatasetDict` (or `(DatasetDict, LoadReport)`), one split per split file present.
     """
-    builder = HatefulMemes(
-        data_dir=data_dir,
-        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-        on_bad_rows=on_bad_rows,
-        max_image_pixels=max_image_pixels,
-    )
-    dataset_dict, report = build_dataset_dict(builder, report_path=report_path)
-    return (dataset_dict, report) if return_report else dataset_dict
+    return build_dataset_dict(HatefulMemes, data_dir=data_dir, **options)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from ..processing_mmfusion import to_rgb
 
@@ -34,6 +35,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 # Formats whose RGB files `datasets.Image()` decodes to exactly what we want, so they can be stored by path.
 _FORMATS_STORED_BY_PATH = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}
 _NO_ROTATION = (None, 1)
+_PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageCheckError(ValueError):
@@ -69,24 +71,26 @@ def describe_image_source(source: str | os.PathLike | bytes | dict) -> str:
     return os.fspath(source)
 
 
-def open_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Open an image file (path or encoded bytes) and decode its first frame, refusing oversized images.
 
     The pixel limit is checked from the header, before any pixel is decoded, so a decompression bomb costs nothing.
-    PIL's own guard (`PIL.Image.MAX_IMAGE_PIXELS`) only *warns* between 1x and 2x its limit; here its limit is an
-    error too. Safe to call from several threads.
+    The error quotes our limit and the option that raises it (`max_image_pixels`). Safe to call from several
+    threads.
 
     Args:
         source (`str`, `os.PathLike` or `bytes`):
             Path of the image file, or its encoded bytes.
-        max_pixels (`int`, *optional*, defaults to `DEFAULT_MAX_IMAGE_PIXELS`):
+        max_image_pixels (`int`, *optional*, defaults to `DEFAULT_MAX_IMAGE_PIXELS`):
             Largest accepted `width * height`. `None` disables the check (not recommended for untrusted data).
 
     Returns:
         `PIL.Image.Image`: the loaded image (first frame), still in its own mode. The caller should close it.
 
     Raises:
-        `ImageCheckError`: the file is missing, unreadable, truncated/corrupt or larger than `max_pixels`.
+        `ImageCheckError`: the file is missing, unreadable, truncated/corrupt or larger than `max_image_pixels`.
     """
     name = describe_image_source(source)
     if isinstance(source, (bytes, bytearray)):
@@ -97,38 +101,62 @@ def open_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = DE
             raise ImageCheckError(f"image file not found: {fp}")
     image = None
     try:
-        # PIL refuses more than 2x `Image.MAX_IMAGE_PIXELS` here, and only warns above 1x. The warning band is checked
-        # below from the size; turning the warning into an error with `warnings.catch_warnings` would not be safe:
-        # images are opened by several threads at once, and that context manager swaps process-wide filters.
+        # PIL itself refuses more than 2x `Image.MAX_IMAGE_PIXELS` here (see `_pil_guard_message`); our own limit is
+        # checked from the header right after, before any pixel is decoded.
         image = Image.open(fp)
-        width, height = image.size
-        for limit, setting in (
-            (max_pixels, "max_image_pixels"),
-            (Image.MAX_IMAGE_PIXELS, "PIL.Image.MAX_IMAGE_PIXELS"),
-        ):
-            if limit is not None and width * height > limit:
-                raise ImageCheckError(
-                    f"image {name} has {width}x{height} = {width * height} pixels, more than the limit of {limit} "
-                    f"(decompression-bomb guard; raise `{setting}` if the image is genuine)"
-                )
+        check_pixel_limit(name, image.size, max_image_pixels)
         image.load()  # decodes the first frame: truncated or corrupt data fails here, not mid-training
     except ImageCheckError:
         if image is not None:
             image.close()
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        if image is not None:
-            image.close()
-        raise ImageCheckError(
-            f"image {name} is too large (decompression-bomb guard): {err}. Raise `PIL.Image.MAX_IMAGE_PIXELS` "
-            "and `max_image_pixels` if the image is genuine."
-        ) from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
+        raise ImageCheckError(_pil_guard_message(name, err, max_image_pixels)) from err
+    except Exception as err:
+        # Not only OSError/ValueError: PIL's decoders meet arbitrary bytes here and a damaged file can raise almost
+        # anything (struct.error, IndexError, ZeroDivisionError, ...). Whatever it is, it is this image's problem.
         if image is not None:
             image.close()
         hint = " (ImageFile.LOAD_TRUNCATED_IMAGES is set)" if ImageFile.LOAD_TRUNCATED_IMAGES else ""
         raise ImageCheckError(f"cannot read image {name}: {type(err).__name__}: {err}{hint}") from err
     return image
+
+
+def _pil_guard_message(name: str, err: Exception, max_image_pixels: int | None) -> str:
+    """PIL refused the image inside `Image.open` (more than 2x `PIL.Image.MAX_IMAGE_PIXELS`), before we saw its size:
+    say it against our limit, the option users set, and mention PIL's only when ours would have accepted it."""
+    match = _PIL_PIXELS.search(str(err))
+    pixels = int(match.group(1)) if match else None
+    if pixels is not None and max_image_pixels is not None and pixels <= max_image_pixels:
+        return (
+            f"image {name} has {pixels} pixels, within max_image_pixels={max_image_pixels} but more than PIL's own "
+            f"decompression-bomb guard accepts (2 x PIL.Image.MAX_IMAGE_PIXELS = {2 * Image.MAX_IMAGE_PIXELS}); "
+            "raise `PIL.Image.MAX_IMAGE_PIXELS` too if the image is genuine"
+        )
+    shown = f"{pixels} pixels" if pixels is not None else "too many pixels"
+    return (
+        f"image {name} has {shown}, more than the limit of max_image_pixels={max_image_pixels} "
+        "(decompression-bomb guard); pass a larger `max_image_pixels` if the image is genuine"
+    )
+
+
+def check_pixel_limit(name: str, size: tuple[int, int], max_image_pixels: int | None) -> None:
+    """Refuse an image of `size` above `max_image_pixels` (the decompression-bomb guard), naming the option.
+
+    PIL's own limit (`PIL.Image.MAX_IMAGE_PIXELS`, by default the same number) is an error too, although PIL only
+    warns between 1x and 2x of it: a user who lowered it meant it. Ours is checked first, so with the defaults the
+    message names the option users set.
+    """
+    width, height = size
+    for limit, setting in (
+        (max_image_pixels, "max_image_pixels"),
+        (Image.MAX_IMAGE_PIXELS, "PIL.Image.MAX_IMAGE_PIXELS"),
+    ):
+        if limit is not None and width * height > limit:
+            raise ImageCheckError(
+                f"image {name} has {width}x{height} = {width * height} pixels, more than the limit of "
+                f"{setting}={limit} (decompression-bomb guard); raise `{setting}` if the image is genuine"
+            )
 
 
 def normalize_image(image: Image.Image) -> Image.Image:
@@ -155,7 +183,7 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def prepare_image(
-    source: str | os.PathLike | bytes | dict | Image.Image, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    source: str | os.PathLike | bytes | dict | Image.Image, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 ) -> PreparedImage:
     """Check one image and choose how to store it in a `datasets.Image` column (see the module docstring).
 
@@ -163,7 +191,7 @@ def prepare_image(
         source (`str`, `os.PathLike`, `bytes`, `dict` or `PIL.Image.Image`):
             Path of the image, its encoded bytes, a `{"path", "bytes"}` dict as stored by `datasets.Image` (bytes
             win over the path, as in `datasets`), or an image already in memory (always stored as PNG bytes).
-        max_pixels (`int`, *optional*):
+        max_image_pixels (`int`, *optional*):
             See `open_image`.
 
     Raises:
@@ -171,10 +199,8 @@ def prepare_image(
     """
     if isinstance(source, Image.Image):
         # An already decoded image (e.g. from a Python object column): nothing to open, only to normalise.
+        check_pixel_limit("in memory", source.size, max_image_pixels)
         rgb = normalize_image(source)
-        width, height = rgb.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageCheckError(f"image has {width}x{height} pixels, more than the limit of {max_pixels}")
         return PreparedImage(value={"path": None, "bytes": encode_png(rgb)}, converted=True, size=rgb.size)
     if isinstance(source, dict):
         if source.get("bytes") is not None:
@@ -187,7 +213,7 @@ def prepare_image(
         source = os.fspath(source)
     if not isinstance(source, (str, bytes, bytearray)):
         raise ImageCheckError(f"unsupported image value of type {type(source).__name__} (expected a path or bytes)")
-    with open_image(source, max_pixels=max_pixels) as image:
+    with open_image(source, max_image_pixels=max_image_pixels) as image:
         if _is_stored_as_is(image):
             if isinstance(source, str):
                 value = {"path": os.path.abspath(source), "bytes": None}

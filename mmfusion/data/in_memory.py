@@ -5,17 +5,17 @@ ds = Dataset.from_dict({"img": [pil_1, pil_2], "caption": ["a", "b"], "sentiment
 from_dataset(ds, image_column="img", text_column="caption", label_column="sentiment")
 ```
 
-The columns are renamed to `id`, `image`, `text`, `label` (other columns are dropped) and every row is checked like
-rows from files (see `rows.RowChecker`): the image column may be a `datasets.Image` feature (stored as path or
+The columns are renamed to `id`, `image`, `text`, `label` (other columns are dropped) and every row is checked by
+the same `rows.RowChecker` as rows from files: the image column may be a `datasets.Image` feature (stored as path or
 bytes), PIL images, or a string column of paths (relative to `base_dir`); the label may be a `ClassLabel`, integers
 or strings. The conversion is a `Dataset.map` with a fingerprint derived from the input's fingerprint, the options
 and a signature of referenced local image files, so `datasets` caches it for on-disk datasets and later feature
-caches keyed on the fingerprint stay correct.
+caches keyed on the fingerprint stay correct. Since a cached `map` does not run again, what happened to each row
+travels with it: skipped rows as a struct column (file, row, id, reason), dropped before the result is returned.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -23,17 +23,25 @@ import datasets
 import pyarrow as pa
 from datasets.fingerprint import Hasher
 
-from .cache_signature import files_signature
-from .features import image_text_features
+from .errors import BadRowError, LoadReport, SplitReport, check_on_bad_rows, mmfusion_cache_dir
+from .files import DEFAULT_ID_COLUMN, DEFAULT_LABEL_COLUMN, files_signature
 from .images import DEFAULT_MAX_IMAGE_PIXELS
-from .paths import mmfusion_cache_dir
-from .rows import MISSING, RawRow, RowChecker, infer_class_names, is_missing_label
-from .validation import BadRowError, LoadReport, SplitReport, check_on_bad_rows
+from .rows import MISSING, RawRow, RowChecker, finish_load, image_text_features, infer_class_names, is_missing_label
 
 _BAD_COLUMN = "__mmfusion_bad_row"
 _CONVERTED_COLUMN = "__mmfusion_image_converted"
 # Bumped when the conversion changes, so that cached results of the old conversion are not reused.
-_CONVERSION_VERSION = "1"
+_CONVERSION_VERSION = "2"
+_BAD_ROW_FEATURE = {
+    name: datasets.Value(dtype)
+    for name, dtype in (
+        ("split", "string"),
+        ("file", "string"),
+        ("row", "int64"),
+        ("id", "string"),
+        ("reason", "string"),
+    )
+}
 
 
 def _as_dataset_dict(dataset: datasets.Dataset | datasets.DatasetDict, split: str) -> datasets.DatasetDict:
@@ -93,15 +101,17 @@ def from_dataset(
     split: str = "train",
     image_column: str = "image",
     text_column: str = "text",
-    label_column: str = "label",
-    id_column: str | None = "id",
+    label_column: str = DEFAULT_LABEL_COLUMN,
+    id_column: str | None = DEFAULT_ID_COLUMN,
     class_names: list[str] | None = None,
     base_dir: str | os.PathLike | None = None,
     on_bad_rows: str = "error",
     report_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    allow_outside_images: bool = False,
     return_report: bool = False,
+    source_name: str = "in-memory dataset",
 ):
     """Check and normalise an existing `Dataset`/`DatasetDict` into `id`, `image`, `text`, `label` columns.
 
@@ -111,20 +121,24 @@ def from_dataset(
         split (`str`, defaults to `"train"`):
             Split name for a single `Dataset`.
         image_column, text_column, label_column (`str`):
-            Names of the image, caption and label columns. A split without the label column is unlabeled (-1).
+            Names of the image, caption and label columns. A split without the label column is unlabeled (-1); a
+            label column named here (other than `"label"`) that no split has is an error.
         id_column (`str`, *optional*, defaults to `"id"`):
             Column with ids; when the dataset has none (or `id_column=None`), the row index is the id.
         class_names (`list[str]`, *optional*):
             Ordered class names. Default: the `ClassLabel` names, else sorted unique string labels, else
             `"0".."N-1"` for integer labels. With a `ClassLabel` column, labels are remapped by name.
         base_dir (`str`, *optional*):
-            Folder that relative image paths are relative to (default: the current directory).
-        on_bad_rows, report_path, max_image_pixels, return_report:
-            See `load_hateful_memes`. In skip mode the report is written to `report_path`, or when not given to
+            Folder that image paths of a string column are relative to, and must stay inside unless
+            `allow_outside_images=True` (default: the current directory).
+        on_bad_rows, report_path, max_image_pixels, allow_outside_images, return_report:
+            See `load_image_text_dataset`. In skip mode the report is written to `report_path`, or when not given to
             `<cache_dir>/load_reports/`, `cache_dir` defaulting to `$MMFUSION_CACHE` or `~/.cache/mmfusion`.
         cache_dir (`str`, *optional*):
             Only used for the default report location: the converted data itself is cached by `Dataset.map` next
             to the input's own cache files (in memory for in-memory datasets).
+        source_name (`str`, defaults to `"in-memory dataset"`):
+            How errors and the report name the source (e.g. a Hub dataset name).
 
     Returns:
         `datasets.DatasetDict` (or `(DatasetDict, LoadReport)` with `return_report=True`).
@@ -139,8 +153,18 @@ def from_dataset(
                     f"split {name!r} has no column {column!r} (columns: {ds.column_names}). "
                     "Set image_column / text_column to the names used in the dataset."
                 )
-        if id_column not in (None, "id") and id_column not in ds.column_names:
+        if id_column not in (None, DEFAULT_ID_COLUMN) and id_column not in ds.column_names:
             raise ValueError(f"split {name!r} has no id column {id_column!r} (columns: {ds.column_names})")
+    if label_column != DEFAULT_LABEL_COLUMN and all(
+        label_column not in ds.column_names for ds in dataset_dict.values()
+    ):
+        name, ds = next(iter(dataset_dict.items()))
+        raise BadRowError(
+            f"no column {label_column!r} (columns of split {name!r}: {ds.column_names}). Set label_column to the "
+            "name used in the dataset.",
+            file=source_name,
+            skippable=False,
+        )
 
     if class_names is None:
         class_names = _class_names_of(dataset_dict, label_column)
@@ -156,9 +180,11 @@ def from_dataset(
         "class_names": class_names,
         "base_dir": base_dir,
         "max_image_pixels": max_image_pixels,
+        "allow_outside_images": allow_outside_images,
+        "source_name": source_name,
         "version": _CONVERSION_VERSION,
     }
-    report = LoadReport(source="in-memory dataset", on_bad_rows=on_bad_rows)
+    report = LoadReport(source=source_name, on_bad_rows=on_bad_rows)
     converted = {}
     for name, ds in dataset_dict.items():
         converted[name], report.splits[name] = _convert_split(ds, name, options, on_bad_rows)
@@ -167,11 +193,7 @@ def from_dataset(
         fingerprints = "-".join(ds._fingerprint for ds in converted.values())
         report_dir = os.fspath(cache_dir) if cache_dir is not None else mmfusion_cache_dir()
         report_path = os.path.join(report_dir, "load_reports", f"from_dataset-{Hasher.hash(fingerprints)}.json")
-    if report_path is not None:
-        report.save(report_path)
-    report.log()
-    result = datasets.DatasetDict(converted)
-    return (result, report) if return_report else result
+    return finish_load(datasets.DatasetDict(converted), report, report_path=report_path, return_report=return_report)
 
 
 def _convert_split(
@@ -186,12 +208,14 @@ def _convert_split(
     if isinstance(ds.features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))  # the checker wants the raw bytes/path
 
-    description = f"<in-memory dataset, split {split!r}>"
+    description = f"<{options['source_name']}, split {split!r}>"
     checker = RowChecker(
         options["class_names"],
         labeled=labeled,
-        max_image_pixels=options["max_image_pixels"],
         split=split,
+        on_bad_rows=on_bad_rows,
+        max_image_pixels=options["max_image_pixels"],
+        allow_outside_images=options["allow_outside_images"],
         field_names={"image": image_column, "text": options["text_column"], "label": label_column},
     )
     base_dir = options["base_dir"]
@@ -212,24 +236,24 @@ def _convert_split(
                 image=image,
                 text=batch[options["text_column"]][position],
                 label=label,
+                image_root=base_dir if isinstance(image, str) else None,  # only paths of a string column
             )
-            try:
-                example, prepared = checker.check(row)
-            except BadRowError as err:
-                if on_bad_rows == "error":
-                    raise
-                example = {"id": err.id, "image": None, "text": "", "label": -1}
-                out[_BAD_COLUMN].append(json.dumps(err.to_dict()))
+            row, outcome = checker.outcome(row)
+            example = checker.accept(row, outcome)  # raises in error mode
+            if example is None:
+                skipped = checker.report.skipped[-1]
+                out[_BAD_COLUMN].append({key: skipped.get(key) for key in _BAD_ROW_FEATURE})
                 out[_CONVERTED_COLUMN].append(False)
+                example = {"id": skipped["id"], "image": None, "text": "", "label": -1}
             else:
                 out[_BAD_COLUMN].append(None)
-                out[_CONVERTED_COLUMN].append(prepared.converted)
+                out[_CONVERTED_COLUMN].append(outcome[1].converted)
             for key, value in example.items():
                 out[key].append(value)
         return out
 
     features = image_text_features(options["class_names"])
-    features[_BAD_COLUMN] = datasets.Value("string")
+    features[_BAD_COLUMN] = _BAD_ROW_FEATURE
     features[_CONVERTED_COLUMN] = datasets.Value("bool")
     signature = files_signature(_local_image_paths(ds, image_column, base_dir))
     fingerprint = Hasher.hash([ds._fingerprint, options, signature, split, on_bad_rows])
@@ -247,7 +271,7 @@ def _convert_split(
     report = SplitReport(split=split)
     for bad in mapped.data.column(_BAD_COLUMN).to_pylist():
         if bad is not None:
-            report.add_skipped(BadRowError(**json.loads(bad)))
+            report.add_skipped(BadRowError(**{key: value for key, value in bad.items() if value is not None}))
     if report.num_skipped:
         mapped = mapped.filter(lambda bad: bad is None, input_columns=_BAD_COLUMN, desc=f"Dropping bad {split} rows")
     report.num_rows = len(mapped)

@@ -1,7 +1,9 @@
-"""Line-numbered readers for JSONL and CSV files that report malformed rows instead of stopping at them.
+"""One reader per file format (JSON lines, CSV/TSV): line-numbered rows, malformed rows reported instead of stopping.
 
 Each reader returns `ParsedLine`s: the 1-based line number where the row starts, and either the row (a dict) or a
-description of what is wrong with it. Blank lines are not rows and are skipped.
+description of what is wrong with it (with a best-effort guess of its id, so that the error can name it). Blank
+lines are not rows and are skipped. Bytes that are not valid in the file's encoding make their row bad (they are
+decoded with `surrogateescape`, so one bad byte spoils one row, not the whole file).
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Best-effort id of a malformed JSON line, so that the error can still name it.
-_JSON_ID_PATTERN = re.compile(r'"id"\s*:\s*"?([^",}\s]+)')
+from .errors import BadRowError
+
+SUPPORTED_EXTENSIONS = (".jsonl", ".csv", ".tsv")
+DEFAULT_ENCODING = "utf-8"
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+# Undecodable bytes become these lone surrogates under errors="surrogateescape".
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -25,51 +32,94 @@ class ParsedLine:
     guessed_id: str | None = None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[ParsedLine]:
+def _open(path: str | os.PathLike, encoding: str, **kwargs):
+    # utf-8-sig: tolerate a byte-order mark written by some editors.
+    encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    return open(path, encoding=encoding, errors="surrogateescape", **kwargs)
+
+
+def _readable(value: Any) -> str:
+    """A string with escaped bytes shown as U+FFFD, for messages and guessed ids."""
+    return _ESCAPED_BYTE.sub("\ufffd", str(value))
+
+
+def _encoding_problem(text: str, encoding: str) -> str | None:
+    match = _ESCAPED_BYTE.search(text)
+    if match is None:
+        return None
+    byte = ord(match.group()) - 0xDC00
+    return (
+        f"not valid {encoding} text: byte 0x{byte:02X} at column {match.start() + 1}. If the whole file uses "
+        "another encoding, pass encoding=... (e.g. encoding='cp1252')"
+    )
+
+
+def _id_pattern(id_column: str) -> re.Pattern:
+    return re.compile(rf'"{re.escape(id_column)}"\s*:\s*"?([^",}}\s]+)')
+
+
+def read_jsonl(
+    path: str | os.PathLike, *, encoding: str = DEFAULT_ENCODING, id_column: str | None = "id"
+) -> list[ParsedLine]:
     """Parse a JSON-lines file; a line that is not a JSON object becomes a `ParsedLine` with a `problem`."""
+    id_pattern = _id_pattern(id_column or "id")
     parsed = []
-    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark written by some editors
+    with _open(path, encoding) as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
+                continue
+            match = id_pattern.search(line)
+            guessed_id = _readable(match.group(1)) if match else None
+            problem = _encoding_problem(line, encoding)
+            if problem is not None:
+                parsed.append(ParsedLine(line_number, problem=problem, guessed_id=guessed_id))
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                match = _JSON_ID_PATTERN.search(line)
-                parsed.append(
-                    ParsedLine(
-                        line_number,
-                        problem=f"malformed JSON line: {err.msg} (column {err.colno})",
-                        guessed_id=match.group(1) if match else None,
-                    )
-                )
-                continue
-            if not isinstance(row, dict):
-                parsed.append(
-                    ParsedLine(line_number, problem=f"expected a JSON object per line, got {type(row).__name__}")
-                )
-                continue
-            parsed.append(ParsedLine(line_number, row=row))
+                problem = f"malformed JSON line: {err.msg} (column {err.colno})"
+            except (ValueError, RecursionError) as err:  # e.g. an integer beyond Python's digit limit
+                problem = f"malformed JSON line: {err}"
+            else:
+                if isinstance(row, dict):
+                    parsed.append(ParsedLine(line_number, row=row))
+                    continue
+                problem = f"expected a JSON object per line, got {type(row).__name__}"
+            parsed.append(ParsedLine(line_number, problem=problem, guessed_id=guessed_id))
     return parsed
 
 
-def read_csv(path: str | os.PathLike, *, delimiter: str = ",") -> tuple[list[str], list[ParsedLine]]:
+def read_csv(
+    path: str | os.PathLike, *, delimiter: str = ",", encoding: str = DEFAULT_ENCODING, id_column: str | None = "id"
+) -> tuple[list[str], list[ParsedLine]]:
     """Parse a CSV file with a header row. Rows with too many or too few fields are reported, not padded.
 
     Returns:
         `(header, parsed_lines)`; line numbers count physical lines, so they match what an editor shows even when a
         quoted caption spans several lines.
+
+    Raises:
+        `BadRowError` (not skippable): the header itself cannot be read.
     """
+    path = os.fspath(path)
     parsed = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with _open(path, encoding, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return [], []
-        except csv.Error as err:
-            raise ValueError(f"{os.fspath(path)}: cannot parse the CSV header: {err}") from err
+        header: list[str] = []
+        while not any(name.strip() for name in header):  # the header is the first non-blank line
+            try:
+                header = next(reader)
+            except StopIteration:
+                return [], []
+            except csv.Error as err:
+                raise BadRowError(
+                    f"cannot parse the CSV header: {err}", file=path, line=reader.line_num, skippable=False
+                ) from err
+        problem = _encoding_problem(delimiter.join(header), encoding)
+        if problem is not None:
+            raise BadRowError(f"header {problem}", file=path, line=reader.line_num, skippable=False)
         header = [name.strip() for name in header]
+        id_index = header.index(id_column) if id_column in header else None
         previous_end = reader.line_num
         while True:
             start = previous_end + 1
@@ -84,18 +134,22 @@ def read_csv(path: str | os.PathLike, *, delimiter: str = ",") -> tuple[list[str
             previous_end = reader.line_num
             if not fields or all(not field.strip() for field in fields) and len(fields) <= 1:
                 continue  # blank line
-            if len(fields) != len(header):
-                guessed_id = (
-                    fields[header.index("id")] if "id" in header and header.index("id") < len(fields) else None
-                )
-                parsed.append(
-                    ParsedLine(
-                        start,
-                        problem=f"malformed CSV row: expected {len(header)} fields ({', '.join(header)}), "
-                        f"got {len(fields)}",
-                        guessed_id=guessed_id,
-                    )
-                )
+            guessed_id = _readable(fields[id_index]) if id_index is not None and id_index < len(fields) else None
+            problem = _encoding_problem(delimiter.join(fields), encoding)
+            if problem is None and len(fields) != len(header):
+                problem = f"malformed CSV row: expected {len(header)} fields ({', '.join(header)}), got {len(fields)}"
+            if problem is not None:
+                parsed.append(ParsedLine(start, problem=problem, guessed_id=guessed_id))
                 continue
             parsed.append(ParsedLine(start, row=dict(zip(header, fields))))
     return header, parsed
+
+
+def read_table(
+    path: str, *, encoding: str = DEFAULT_ENCODING, id_column: str | None = "id"
+) -> tuple[list[str] | None, list[ParsedLine]]:
+    """Parse a data file by its extension: `(columns, parsed_lines)`; `columns` is the CSV header, `None` for JSONL."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".jsonl":
+        return None, read_jsonl(path, encoding=encoding, id_column=id_column)
+    return read_csv(path, delimiter=_DELIMITERS[extension], encoding=encoding, id_column=id_column)

@@ -38,7 +38,9 @@ def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_
     if isinstance(image, np.ndarray):
         return normalize_image(Image.fromarray(_as_uint8(image)))
     if isinstance(image, (str, os.PathLike, bytes, bytearray)):
-        with open_image(bytes(image) if isinstance(image, bytearray) else image, max_pixels=max_pixels) as opened:
+        with open_image(
+            bytes(image) if isinstance(image, bytearray) else image, max_image_pixels=max_pixels
+        ) as opened:
             # normalize_image returns the same object for RGB input; copy so the file handle can close.
             return normalize_image(opened).copy()
     raise TypeError(f"Expected a PIL image, a file path, encoded bytes or a numpy array; got {type(image).__name__}")

@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--image", help="image file")
     pair.add_argument("--text", help="its caption (use --text '' for none)")
     data = parser.add_argument_group("a file or folder")
-    data.add_argument("--input", help="Hateful-Memes-layout folder, .jsonl/.csv/.tsv file, or 'demo'")
+    data.add_argument(
+        "--input", help="'demo', a Hateful-Memes-layout folder, a .jsonl/.csv/.tsv file, or a Hub dataset name"
+    )
     data.add_argument("--split", help="split to predict (e.g. test_unseen); needed when the input has several")
     data.add_argument("--on-bad-rows", choices=("error", "skip"), default="error", help="default: error")
     data.add_argument("--report", help="also write the load report (skipped rows) to this JSON file")

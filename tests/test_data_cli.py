@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mmfusion.data import describe, grid_pixel_size, save_grid
-from mmfusion.data.inspect import main
+from mmfusion.data.cli import main
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
-"""Bad-row policy and the load report: no row is ever lost silently.
+"""`BadRowError` and `LoadReport`: no row is ever lost silently, and every problem names its file, line and id.
 
 By default (`on_bad_rows="error"`) the first bad row stops the load with a `BadRowError` naming the file, line and
 id. With the explicit opt-in `on_bad_rows="skip"`, bad rows are left out, and every one of them is listed in a
-`LoadReport`: logged as a warning (count and ids) and written as JSON. Builders store the report next to their cached
-Arrow files (`<builder cache dir>/load_report.json`), so a load served from the cache reports the same skipped rows
-again.
+`LoadReport`: logged as a warning (count and ids) and written as JSON. File-based loads store the report next to
+their cached Arrow files (`<builder cache dir>/load_report.json`), so a load served from the cache reports the same
+skipped rows again.
 """
 
 from __future__ import annotations
@@ -19,20 +19,28 @@ logger = logging.getLogger("mmfusion.data")
 
 ON_BAD_ROWS_CHOICES = ("error", "skip")
 REPORT_FILENAME = "load_report.json"
-# How many skipped ids the warning spells out; the report file always lists all of them.
+# How many ids a warning spells out; the report file always lists all of them.
 _MAX_IDS_IN_WARNING = 20
 
 
+def mmfusion_cache_dir() -> str:
+    """Where mmfusion keeps its own files (demo data, reports of in-memory loads): `$MMFUSION_CACHE`, else
+    `~/.cache/mmfusion`."""
+    return os.path.abspath(os.path.expanduser(os.environ.get("MMFUSION_CACHE", "~/.cache/mmfusion")))
+
+
 class BadRowError(ValueError):
-    """A row of the input that cannot become a valid example.
+    """A row of the input that cannot become a valid example (or a whole file that cannot be read as rows).
 
     Attributes:
         reason (`str`): what is wrong.
         file (`str`, *optional*): the file the row comes from (or a description of the in-memory source).
         line (`int`, *optional*): 1-based line number in `file`.
         row (`int`, *optional*): 0-based row index, for in-memory datasets (which have no lines).
-        id (`str`, *optional*): the row's id, when it could be read.
+        id (`str`, *optional*): the row's id, when it could be read (guessed for unparsable lines).
         split (`str`, *optional*): the split being built.
+        skippable (`bool`): whether `on_bad_rows="skip"` would skip it (`False` for problems of a whole file, such
+            as a missing column, which skipping rows cannot fix).
     """
 
     def __init__(
@@ -44,6 +52,7 @@ class BadRowError(ValueError):
         row: int | None = None,
         id: str | None = None,
         split: str | None = None,
+        skippable: bool = True,
     ):
         self.reason = reason
         self.file = file
@@ -51,6 +60,7 @@ class BadRowError(ValueError):
         self.row = row
         self.id = id
         self.split = split
+        self.skippable = skippable
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -61,12 +71,14 @@ class BadRowError(ValueError):
             where.append(f"line {self.line}")
         if self.row is not None:
             where.append(f"row {self.row}")
+        if not self.skippable:
+            return f"{', '.join(where)}: {self.reason}"
         where.append(f"id {self.id!r}" if self.id is not None else "id unknown")
         hint = " (pass on_bad_rows='skip' to skip bad rows and get a report of them)"
         return f"{', '.join(where)}: {self.reason}{hint}"
 
     def __reduce__(self):  # keyword-only arguments: make the error survive pickling (multiprocessing)
-        return (_rebuild_bad_row_error, (self.to_dict(),))
+        return (_rebuild_bad_row_error, (self.to_dict(), self.skippable))
 
     def to_dict(self) -> dict[str, Any]:
         data = {"split": self.split, "file": self.file, "line": self.line, "id": self.id, "reason": self.reason}
@@ -75,8 +87,8 @@ class BadRowError(ValueError):
         return data
 
 
-def _rebuild_bad_row_error(data: dict[str, Any]) -> BadRowError:
-    return BadRowError(**data)
+def _rebuild_bad_row_error(data: dict[str, Any], skippable: bool = True) -> BadRowError:
+    return BadRowError(**data, skippable=skippable)
 
 
 def check_on_bad_rows(on_bad_rows: str) -> str:
@@ -119,29 +131,25 @@ class SplitReport:
         self.num_unlabeled += int(example["label"] == -1)
         self.num_images_converted += int(image_converted)
 
-    def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SplitReport:
-        return cls(**data)
-
 
 @dataclass
 class LoadReport:
-    """Summary of a load: rows kept, skipped (with file, line, id and reason), empty captions, unlabeled rows.
+    """Summary of a load: rows kept, skipped (with file, line, id and reason), empty captions, unlabeled rows, and
+    evaluation rows that also appear in train.
 
     Attributes:
-        source (`str`): what was loaded (folder, files or in-memory dataset).
+        source (`str`): what was loaded (folder, files, Hub name or in-memory dataset).
         on_bad_rows (`str`): the policy used.
         splits (`dict[str, SplitReport]`): one report per split.
+        overlap (`dict[str, list[str]]`): `{evaluation split: ids of its rows also in train}` (same id, same image,
+            same text); such rows inflate every metric measured on that split. Empty when there is none.
         path (`str`, *optional*): where the report is saved as JSON.
     """
 
     source: str
     on_bad_rows: str
     splits: dict[str, SplitReport] = field(default_factory=dict)
+    overlap: dict[str, list[str]] = field(default_factory=dict)
     path: str | None = None
 
     @property
@@ -156,12 +164,30 @@ class LoadReport:
     def skipped_ids(self) -> list[str | None]:
         return [row["id"] for row in self.skipped]
 
+    @property
+    def num_overlap(self) -> int:
+        """How many evaluation rows (all splits but train) are also in train."""
+        return sum(len(ids) for ids in self.overlap.values())
+
+    def overlap_warnings(self) -> list[str]:
+        """One line per evaluation split with rows also in train: `"N evaluation rows also in train (split ...)"`."""
+        lines = []
+        for split, ids in self.overlap.items():
+            shown = ", ".join(repr(i) for i in ids[:_MAX_IDS_IN_WARNING])
+            more = f" and {len(ids) - _MAX_IDS_IN_WARNING} more" if len(ids) > _MAX_IDS_IN_WARNING else ""
+            lines.append(
+                f"{len(ids)} evaluation rows also in train (split {split!r}: same id, image and text; "
+                f"ids {shown}{more}): they inflate every metric measured on {split!r}"
+            )
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "on_bad_rows": self.on_bad_rows,
             "num_skipped": self.num_skipped,
             "splits": {name: asdict(split) for name, split in self.splits.items()},
+            "overlap": self.overlap,
         }
 
     def save(self, path: str | os.PathLike) -> str:
@@ -179,11 +205,11 @@ class LoadReport:
     def load(cls, path: str | os.PathLike) -> LoadReport:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        splits = {name: SplitReport.from_dict(split) for name, split in data["splits"].items()}
         return cls(
             source=data["source"],
             on_bad_rows=data["on_bad_rows"],
-            splits=splits,
+            splits={name: SplitReport(**split) for name, split in data["splits"].items()},
+            overlap=data.get("overlap", {}),
             path=os.path.abspath(os.fspath(path)),
         )
 
@@ -201,7 +227,9 @@ class LoadReport:
         return "; ".join(parts)
 
     def log(self) -> None:
-        """Warn about skipped rows (count, ids, report path); otherwise log the summary at INFO level."""
+        """Warn about skipped rows (count, ids, report path) and train/evaluation overlap; else log the summary."""
+        for line in self.overlap_warnings():
+            logger.warning("%s: %s", self.source, line)
         if self.num_skipped:
             ids = self.skipped_ids
             shown = ", ".join(repr(i) for i in ids[:_MAX_IDS_IN_WARNING])
@@ -216,18 +244,3 @@ class LoadReport:
             )
         else:
             logger.info("Loaded %s: %s", self.source, self.summary())
-
-
-def merge_split_reports(directory: str | os.PathLike, split_names: list[str], *, source: str, on_bad_rows: str) -> str:
-    """Merge the per-split reports written by a builder into `directory/load_report.json`."""
-    report = LoadReport(source=source, on_bad_rows=on_bad_rows)
-    for name in split_names:
-        split_path = os.path.join(directory, split_report_filename(name))
-        with open(split_path, encoding="utf-8") as f:
-            report.splits[name] = SplitReport.from_dict(json.load(f))
-        os.remove(split_path)
-    return report.save(os.path.join(directory, REPORT_FILENAME))
-
-
-def split_report_filename(split: str) -> str:
-    return f"load_report.{split}.json"

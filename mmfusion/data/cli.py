@@ -1,0 +1,228 @@
+"""`mmfusion-data`: look at a dataset from the command line, and the two functions it uses (`describe`, `save_grid`).
+
+```
+mmfusion-data stats SOURCE                                  # split sizes, label balance, train/evaluation overlap
+mmfusion-data grid SOURCE --split train --out grid.png      # a PNG grid of examples with captions and labels
+```
+
+SOURCE is anything `train.py --dataset` accepts (see `load_image_text_dataset`): `demo`, a Hateful Memes folder, a
+`.jsonl`/`.csv`/`.tsv` file, or a Hugging Face Hub dataset name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import textwrap
+from collections import Counter
+from typing import Any, TextIO
+
+import datasets
+
+from ..processing_mmfusion import to_rgb
+from .errors import BadRowError
+from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .sources import load_image_text_dataset
+
+DEFAULT_CELL_SIZE = (3.0, 3.4)  # inches per example (width, height): room for the image and a wrapped caption
+DEFAULT_DPI = 100
+
+
+def describe(
+    dataset_dict: datasets.DatasetDict | datasets.Dataset, *, print_stats: bool = True, file: TextIO | None = None
+) -> dict[str, dict[str, Any]]:
+    """Count rows and labels per split, print a small table (to `file`, default stdout) and return the counts.
+
+    Returns:
+        `{split: {"num_rows": int, "labels": {class name: count}, "unlabeled": int}}`, classes in label order.
+    """
+    if isinstance(dataset_dict, datasets.Dataset):
+        dataset_dict = datasets.DatasetDict({str(dataset_dict.split or "train"): dataset_dict})
+    stats = {}
+    for split, dataset in dataset_dict.items():
+        feature = dataset.features.get("label")
+        names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+        # Read the label column from Arrow directly: no image is decoded.
+        counts = (
+            Counter(dataset.with_format("arrow")["label"].to_pylist())
+            if "label" in dataset.column_names
+            else Counter()
+        )
+        unlabeled = counts.pop(-1, 0) + counts.pop(None, 0)
+        if names is not None:
+            labels = {name: counts.get(i, 0) for i, name in enumerate(names)}
+        else:
+            labels = {str(label): count for label, count in sorted(counts.items(), key=lambda item: str(item[0]))}
+        stats[split] = {"num_rows": len(dataset), "labels": labels, "unlabeled": unlabeled}
+    if print_stats:
+        print(format_description(stats), file=file if file is not None else sys.stdout)
+    return stats
+
+
+def format_description(stats: dict[str, dict[str, Any]]) -> str:
+    """The table printed by `describe`."""
+    lines = []
+    for split, split_stats in stats.items():
+        num_rows = split_stats["num_rows"]
+        parts = [
+            f"{name} {count} ({count / num_rows:.1%})" if num_rows else f"{name} 0"
+            for name, count in split_stats["labels"].items()
+        ]
+        if split_stats["unlabeled"]:
+            parts.append(f"unlabeled {split_stats['unlabeled']}")
+        lines.append(f"{split}: {num_rows} rows | " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def grid_pixel_size(
+    num_examples: int, columns: int, cell_size: tuple[float, float] = DEFAULT_CELL_SIZE, dpi: int = DEFAULT_DPI
+) -> tuple[int, int]:
+    """`(width, height)` in pixels of the PNG written by `save_grid` for `num_examples` examples."""
+    columns = max(1, min(columns, num_examples))
+    rows = max(1, math.ceil(num_examples / columns))
+    return round(columns * cell_size[0] * dpi), round(rows * cell_size[1] * dpi)
+
+
+def save_grid(
+    dataset: datasets.Dataset,
+    path: str | os.PathLike,
+    num_examples: int = 16,
+    columns: int = 4,
+    *,
+    cell_size: tuple[float, float] = DEFAULT_CELL_SIZE,
+    dpi: int = DEFAULT_DPI,
+    caption_width: int = 32,
+) -> str:
+    """Save a grid of the first `num_examples` examples of `dataset`, each with its id, label and caption.
+
+    The figure is `columns * cell_size[0]` by `rows * cell_size[1]` inches at `dpi` (see `grid_pixel_size`); it is
+    drawn with matplotlib's Agg backend, so no display is needed.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            One split with `image`, `text` and `label` columns (as made by the `mmfusion.data` loaders).
+        path (`str` or `os.PathLike`):
+            Output PNG file.
+        num_examples (`int`, defaults to 16):
+            How many examples to show (fewer if the split is smaller).
+        columns (`int`, defaults to 4):
+            Examples per row.
+
+    Returns:
+        `str`: the path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    num_examples = min(num_examples, len(dataset))
+    if num_examples <= 0:
+        raise ValueError("save_grid needs at least one example")
+    columns = max(1, min(columns, num_examples))
+    rows = math.ceil(num_examples / columns)
+    label_feature = dataset.features.get("label")
+    names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
+
+    # A Figure with its own Agg canvas instead of pyplot: no global state, no GUI backend, safe in threads.
+    figure = Figure(figsize=(columns * cell_size[0], rows * cell_size[1]), dpi=dpi)
+    FigureCanvasAgg(figure)
+    for index in range(num_examples):
+        example = dataset[index]
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(to_rgb(example["image"]))
+        axes.set_xticks([])
+        axes.set_yticks([])
+        label = example.get("label")
+        label_text = "unlabeled" if label in (None, -1) else (names[label] if names else str(label))
+        axes.set_title(f"{example.get('id', index)} | {label_text}", fontsize=9)
+        caption = textwrap.fill(example.get("text") or "(no caption)", width=caption_width, max_lines=3)
+        axes.set_xlabel(caption, fontsize=8)
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.95, bottom=0.08, wspace=0.1, hspace=0.45)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, format="png", dpi=dpi)  # no bbox_inches="tight": keep the documented pixel size
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmfusion-data", description="Look at image+text classification data.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_source_arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "source", help="'demo', a Hateful Memes folder, a .jsonl/.csv/.tsv file, or a Hub dataset"
+        )
+        command.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+        command.add_argument("--cache-dir", default=None, help="datasets cache directory")
+        command.add_argument("--seed", type=int, default=0, help="demo seed")
+        command.add_argument("--image-column", default="image")
+        command.add_argument("--text-column", default="text")
+        command.add_argument("--label-column", default="label")
+        command.add_argument("--id-column", default="id")
+        command.add_argument("--class-names", default=None, help="comma-separated class names, in label order")
+        command.add_argument("--encoding", default="utf-8", help="text encoding of the split files")
+        command.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+        command.add_argument(
+            "--allow-outside-images",
+            action="store_true",
+            help="accept image paths that leave the dataset folder (../, absolute paths, symlinks pointing out)",
+        )
+
+    stats = commands.add_parser("stats", help="split sizes, label balance and train/evaluation overlap")
+    add_source_arguments(stats)
+    grid = commands.add_parser("grid", help="save a PNG grid of examples")
+    add_source_arguments(grid)
+    grid.add_argument("--split", default="train")
+    grid.add_argument("--out", default="grid.png")
+    grid.add_argument("--num-examples", type=int, default=16)
+    grid.add_argument("--columns", type=int, default=4)
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    """Every option goes to the one dispatch; those a source does not use are at their defaults, which it accepts."""
+    return load_image_text_dataset(
+        args.source,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        on_bad_rows=args.on_bad_rows,
+        image_column=args.image_column,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        class_names=args.class_names.split(",") if args.class_names else None,
+        encoding=args.encoding,
+        max_image_pixels=args.max_image_pixels,
+        allow_outside_images=args.allow_outside_images,
+        return_report=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mmfusion-data` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        dataset_dict, report = _load(args)
+    except (BadRowError, ValueError, TypeError, FileNotFoundError) as err:
+        print(f"mmfusion-data: error: {err}", file=sys.stderr)
+        return 1
+    if args.command == "stats":
+        describe(dataset_dict)
+        for line in report.overlap_warnings():
+            print(f"warning: {line}")
+        if report.num_skipped:
+            print(f"skipped {report.num_skipped} bad row(s); report: {report.path}")
+        return 0
+    if args.split not in dataset_dict:
+        print(f"mmfusion-data: error: no split {args.split!r} (splits: {list(dataset_dict)})", file=sys.stderr)
+        return 1
+    path = save_grid(dataset_dict[args.split], args.out, num_examples=args.num_examples, columns=args.columns)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
