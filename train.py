@@ -25,6 +25,7 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from mmfusion.data import is_hub_name
 from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
 from mmfusion.evaluation.model_card import write_model_card
 from mmfusion.evaluation.report import format_metrics_table, write_eval_report
@@ -36,7 +37,6 @@ from mmfusion.training.setup import (
     build_model,
     build_processor,
     check_train_split,
-    is_hub_dataset,
     is_labeled,
     limit_samples,
     load_data,
@@ -66,7 +66,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
 
     # 2. Data: every row checked once at load time, then the splits that play train/validation/test.
     with training_args.main_process_first(desc="loading data"):
-        raw = load_data(data_args)
+        raw, load_report = load_data(data_args)
     splits = resolve_splits(raw, data_args)
     if training_args.do_train:
         check_train_split(raw, splits, data_args)
@@ -163,6 +163,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             ablations=ablations,
             log_history=trainer.state.log_history,
             best_step=trainer.state.best_global_step,
+            overlap=load_report.overlap,
             num_errors=data_args.report_num_errors,
         )
         write_model_card(
@@ -181,7 +182,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             ],
             template_path=REPO_ROOT / "model_card.md",
             model_id=training_args.hub_model_id,
-            dataset_id=data_args.dataset if is_hub_dataset(data_args.dataset) else None,
+            dataset_id=data_args.dataset if is_hub_name(data_args.dataset) else None,
             training_summary={
                 "epochs": training_args.num_train_epochs,
                 "learning_rate": training_args.learning_rate,

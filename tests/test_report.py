@@ -290,3 +290,17 @@ def test_bad_ablations_are_refused(tmp_path):
             predictions=predictions,
             ablations={"test": {"image_blanked": constant(0.5, 9)}},
         )
+
+
+def test_evaluation_rows_also_in_train_are_flagged(tmp_path):
+    report = write_eval_report(
+        tmp_path,
+        label_names=NAMES,
+        predictions={"validation": validation_split(), "test_seen": seen_split()},
+        overlap={"validation": ["v1", "v4"]},
+    )
+    assert report["splits"]["validation"]["also_in_train"] == {"count": 2, "ids": ["v1", "v4"]}
+    assert "also_in_train" not in report["splits"]["test_seen"]
+    markdown = (tmp_path / "eval_report.md").read_text()
+    assert markdown.count("evaluation rows also in train") == 1
+    assert "**Warning: 2 evaluation rows also in train**" in markdown

@@ -309,7 +309,14 @@ def render_markdown(report: dict) -> str:
             continue
         unlabeled = split["num_examples"] - split["num_labeled"]
         extra = f", {unlabeled} unlabeled rows left out" if unlabeled else ""
-        lines += [f"## {split_name} ({split['num_labeled']} labeled examples{extra})", "", "### Metrics", ""]
+        lines += [f"## {split_name} ({split['num_labeled']} labeled examples{extra})", ""]
+        if split.get("also_in_train"):
+            lines += [
+                f"> **Warning: {split['also_in_train']['count']} evaluation rows also in train** (same id, image and "
+                "text), so every metric below is inflated.",
+                "",
+            ]
+        lines += ["### Metrics", ""]
         rows = [[key, value] for key, value in split["metrics"].items()]
         rows += [[f"baseline: {key}", value] for key, value in split["baselines"].items()]
         lines += markdown_table(["metric", "value"], rows)
@@ -371,6 +378,7 @@ def write_eval_report(
     ablations: dict[str, dict[str, np.ndarray]] | None = None,
     log_history: list[dict] | None = None,
     best_step: int | None = None,
+    overlap: dict[str, list[str]] | None = None,
     num_errors: int = 10,
 ) -> dict:
     """Write `eval_report.json`, `eval_report.md` and the figures to `output_dir`; return the report dict.
@@ -394,6 +402,8 @@ def write_eval_report(
     for split_name, split in predictions.items():
         split_ablations = {k: v for k, v in ablations.get(split_name, {}).items() if k != "full"}
         entry = split_report(split_name, split, label_names, split_ablations, num_errors)
+        if split_name in (overlap or {}):  # rows also in train (same id, image and text) inflate every metric
+            entry["also_in_train"] = {"count": len(overlap[split_name]), "ids": list(overlap[split_name])[:20]}
         if entry["labeled"]:
             filename = f"confusion_matrix_{_safe_file_part(split_name)}.png"
             plot_confusion_matrix(

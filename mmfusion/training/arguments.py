@@ -94,6 +94,10 @@ class DataArguments:
     label_column: str = "label"
     max_text_length: int = 128
     on_bad_rows: str = field(default="error", metadata={"help": "error | skip (skipped rows are reported)"})
+    encoding: str = field(default="utf-8", metadata={"help": "Text encoding of jsonl/csv files (e.g. cp1252)."})
+    allow_outside_images: bool = field(
+        default=False, metadata={"help": "Accept image paths that leave the dataset folder (refused by default)."}
+    )
     cache_image_features: bool = field(
         default=True, metadata={"help": "With a frozen vision tower, compute its features once and reuse them."}
     )

@@ -6,8 +6,6 @@ it, so a flag means the same thing everywhere.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import datasets
 from transformers import AutoProcessor, AutoTokenizer
 
@@ -25,41 +23,24 @@ TEST_SPLITS = ("test", "test_seen")
 SPLIT_ROLES = ("train", "validation", "test")
 
 
-def load_data(data_args: DataArguments) -> datasets.DatasetDict:
-    files = {
-        split: path
-        for split, path in (
-            ("train", data_args.train_file),
-            ("validation", data_args.validation_file),
-            ("test", data_args.test_file),
-        )
-        if path
-    }
-    if not files and data_args.dataset == "demo":
-        return load_image_text_dataset("demo", seed=data_args.demo_seed)
-    source = files or data_args.dataset
-    options = {"on_bad_rows": data_args.on_bad_rows}
-    if files or str(source).endswith((".jsonl", ".csv", ".tsv")):
-        options.update(
-            image_column=data_args.image_column,
-            text_column=data_args.text_column,
-            label_column=data_args.label_column,
-            id_column=data_args.id_column,
-            class_names=data_args.class_names,
-        )
-    elif is_hub_dataset(source):  # a Hub dataset with image/text/label columns
-        source = datasets.load_dataset(source)
-        options.update(
-            image_column=data_args.image_column,
-            text_column=data_args.text_column,
-            label_column=data_args.label_column,
-            class_names=data_args.class_names,
-        )
-    return load_image_text_dataset(source, **options)
-
-
-def is_hub_dataset(name: str) -> bool:
-    return name != "demo" and not Path(name).exists() and not name.endswith((".jsonl", ".csv", ".tsv"))
+def load_data(data_args: DataArguments):
+    """The data the arguments name (any source `mmfusion.data` reads) and its `LoadReport`."""
+    return load_image_text_dataset(
+        data_args.dataset,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        seed=data_args.demo_seed,
+        image_column=data_args.image_column,
+        text_column=data_args.text_column,
+        label_column=data_args.label_column,
+        id_column=data_args.id_column,
+        class_names=data_args.class_names,
+        encoding=data_args.encoding,
+        on_bad_rows=data_args.on_bad_rows,
+        allow_outside_images=data_args.allow_outside_images,
+        return_report=True,
+    )
 
 
 def is_labeled(split: datasets.Dataset) -> bool:
@@ -188,7 +169,6 @@ __all__ = [
     "build_model",
     "build_processor",
     "check_train_split",
-    "is_hub_dataset",
     "is_labeled",
     "limit_samples",
     "load_data",
