@@ -285,15 +285,17 @@ def calibration_batches(processor, dataset, input_names: list[str], batch_size: 
         yield {name: np.asarray(inputs[name]) for name in input_names if name in inputs}
 
 
-def compare_int8_with_fp32(output_dir: Path, split: str, dataset, *, source: str) -> dict:
-    """`model_int8.onnx` against `model.onnx` on `dataset`: label agreement, metrics of both, and the change."""
+def compare_int8_with_fp32(
+    output_dir: Path, split: str, dataset, *, source: str, int8_file: str = INT8_ONNX_FILENAME
+) -> dict:
+    """`int8_file` (`model_int8.onnx`) against `model.onnx` on `dataset`: label agreement, metrics of both, change."""
     from ..training.metrics import classification_metrics
     from .predictor import MMFusionPredictor
 
     if len(dataset) == 0:
         raise ValueError(f"No held-out rows in {source} to compare int8 with fp32 on.")
     results = {}
-    for name, onnx_file in (("fp32", ONNX_FILENAME), ("int8", INT8_ONNX_FILENAME)):
+    for name, onnx_file in (("fp32", ONNX_FILENAME), ("int8", int8_file)):
         predictor = MMFusionPredictor.from_pretrained(output_dir, backend="onnx", onnx_file=onnx_file, device="cpu")
         results[name] = predictor.predict_dataset(dataset, progress=False)
     fp32, int8 = results["fp32"], results["int8"]
