@@ -211,7 +211,8 @@ def export_onnx(
             "activation_type": "uint8",
             "weight_type": "int8",
             "per_channel": True,
-            "op_types": "all",
+            "image_side": "every operator, static",
+            "text_side": "Conv/Relu/MaxPool static, MatMul/Gemm weights dynamic",
             "calibrate_method": calibrate_method,
             "calibration": {"source": str(calibration), "split": source, "rows": len(calibration_rows)},
         }
