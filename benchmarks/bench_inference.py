@@ -1,11 +1,14 @@
-"""CPU inference benchmark: PyTorch eager fp32 vs ONNX Runtime fp32 vs ONNX Runtime int8, side by side.
+"""CPU inference benchmark: PyTorch eager fp32 vs ONNX Runtime fp32, static int8 and dynamic int8, side by side.
 
 Builds a randomly initialised model of a realistic CPU size offline (default: early fusion, a BERT with 4 layers of
 width 256, a resnet18-shaped vision tower at 224 px), saves it, exports it with `mmfusion.inference.export_onnx`
-(fp32 + dynamic int8), and measures on the same inputs in the same run:
+(fp32 + static int8 calibrated on `--calibration-size` rows of the demo train split; dynamic int8 with
+`quantize_int8`), and measures on the same inputs in the same run:
 
 - batch-1 latency (p50, p95), end-to-end and model-only;
 - batch-`--batch-size` throughput (pairs/s), end-to-end and model-only.
+
+Accuracy: label agreement with ORT fp32 and AUROC of each int8 model on the demo test split (400 rows).
 
 End-to-end = decode the encoded image (PNG bytes) + preprocess (resize, normalise, tokenize) + model, through
 `MMFusionPredictor`, exactly what `mmfusion-predict` does. Model-only = the engine on already-processed inputs.
@@ -39,10 +42,12 @@ from mmfusion import MMFusionConfig, MMFusionForClassification, MMFusionProcesso
 from mmfusion.configuration_mmfusion import vision_grid_size
 from mmfusion.inference import INT8_ONNX_FILENAME, ONNX_FILENAME, MMFusionPredictor, export_onnx
 from mmfusion.inference.backends import default_session_options
+from mmfusion.inference.export import compare_int8_with_fp32
 from mmfusion.inference.quantization import DEFAULT_OP_TYPES, quantize_int8
 from mmfusion.training.presets import resnet18_config, small_text_config, small_vision_config
 from mmfusion.training.tokenization import train_wordpiece_tokenizer
 
+DYNAMIC_INT8_FILENAME = "model_int8_dynamic.onnx"
 WORDS = (
     "look at this my friend today again so very what a day the people here when you see it we sun fire summer "
     "desert lava flame snow ice winter glacier frost blizzard cat dog beach sunset character color matters"
@@ -70,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=",".join(DEFAULT_OP_TYPES),
         help="operator types to quantize ('all' = every supported type, convolutions included)",
     )
+    parser.add_argument("--calibration-size", type=int, default=300, help="demo train rows for static int8")
     parser.add_argument("--workdir", help="keep the checkpoint and exports here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results as JSON to this file")
     parser.add_argument("--seed", type=int, default=0)
@@ -116,6 +122,24 @@ def make_inputs(args: argparse.Namespace, count: int) -> tuple[list[bytes], list
     return images, captions
 
 
+def int8_accuracy(export_dir: Path) -> dict:
+    """Each int8 model against ORT fp32 on the demo test split: label agreement, AUROC of both, and the change."""
+    from mmfusion.data import load_image_text_dataset
+
+    test_split = load_image_text_dataset("demo")["test"]
+    results = {}
+    for name, onnx_file in (("static", INT8_ONNX_FILENAME), ("dynamic", DYNAMIC_INT8_FILENAME)):
+        evaluation = compare_int8_with_fp32(export_dir, "test", test_split, source="demo", int8_file=onnx_file)
+        results[name] = {
+            "label_agreement": evaluation["label_agreement"],
+            "auroc_fp32": evaluation["fp32"]["auroc"],
+            "auroc_int8": evaluation["int8"]["auroc"],
+            "auroc_change": evaluation["metric_change"]["auroc"],
+            "max_abs_probability_difference": evaluation["max_abs_probability_difference"],
+        }
+    return results
+
+
 def time_call(function: Callable[[], object]) -> float:
     start = time.perf_counter()
     function()
@@ -152,10 +176,13 @@ def main(argv=None) -> dict:
     checkpoint = build_checkpoint(args, workdir / "checkpoint")
     export_dir = workdir / "onnx"
     started = time.perf_counter()
-    info = export_onnx(checkpoint, export_dir)
+    info = export_onnx(
+        checkpoint, export_dir, quantize="int8-static", calibration="demo", calibration_size=args.calibration_size
+    )
     export_seconds = time.perf_counter() - started
     int8_ops = None if args.int8_ops == "all" else args.int8_ops.split(",")
-    quantize_int8(export_dir / ONNX_FILENAME, export_dir / INT8_ONNX_FILENAME, op_types=int8_ops)
+    quantize_int8(export_dir / ONNX_FILENAME, export_dir / DYNAMIC_INT8_FILENAME, op_types=int8_ops)
+    accuracy = int8_accuracy(export_dir)
 
     session_options = default_session_options(args.threads)  # what the predictor uses, with the same thread count
     predictors = {
@@ -163,10 +190,17 @@ def main(argv=None) -> dict:
         "ORT fp32": MMFusionPredictor.from_pretrained(
             export_dir, backend="onnx", batch_size=args.batch_size, session_options=session_options
         ),
-        "ORT int8": MMFusionPredictor.from_pretrained(
+        "ORT int8 static": MMFusionPredictor.from_pretrained(
             export_dir,
             backend="onnx",
             onnx_file=INT8_ONNX_FILENAME,
+            batch_size=args.batch_size,
+            session_options=session_options,
+        ),
+        "ORT int8 dyn": MMFusionPredictor.from_pretrained(
+            export_dir,
+            backend="onnx",
+            onnx_file=DYNAMIC_INT8_FILENAME,
             batch_size=args.batch_size,
             session_options=session_options,
         ),
@@ -194,7 +228,7 @@ def main(argv=None) -> dict:
     throughput = interleaved(
         {key: make(predictors[key[0]], args.batch_size) for key, make in calls.items()}, args.throughput_runs, 2
     )
-    results = {"engines": {name: {} for name in predictors}}
+    results = {"engines": {name: {} for name in predictors}, "accuracy": accuracy}
     for name, mode in calls:
         results["engines"][name][mode] = {
             "latency_p50_ms": 1000 * percentile(latency[name, mode], 50),
@@ -219,7 +253,11 @@ def main(argv=None) -> dict:
         "onnxruntime": ort.__version__,
         "export_seconds": export_seconds,
         "export_max_abs_logit_difference": info.max_abs_logit_difference,
-        "model_mb": {name: (export_dir / name).stat().st_size / 1e6 for name in (ONNX_FILENAME, INT8_ONNX_FILENAME)},
+        "calibration": info.quantization["calibration"],
+        "model_mb": {
+            name: (export_dir / name).stat().st_size / 1e6
+            for name in (ONNX_FILENAME, INT8_ONNX_FILENAME, DYNAMIC_INT8_FILENAME)
+        },
     }
     print_table(results)
     if args.json:
@@ -236,7 +274,7 @@ def print_table(results: dict) -> None:
     print("model files: " + ", ".join(f"{name} {size:.1f} MB" for name, size in setup["model_mb"].items()))
     baseline = results["engines"]["torch fp32"]
     header = (
-        f"{'engine':<11} {'mode':<11} {'p50 ms (b=1)':>13} {'p95 ms (b=1)':>13} {'p50 speed-up':>13} "
+        f"{'engine':<16} {'mode':<11} {'p50 ms (b=1)':>13} {'p95 ms (b=1)':>13} {'p50 speed-up':>13} "
         f"{'pairs/s (b=' + str(setup['batch_size']) + ')':>15} {'throughput speed-up':>20}"
     )
     print(header)
@@ -247,9 +285,16 @@ def print_table(results: dict) -> None:
             latency_ratio = reference["latency_p50_ms"] / row["latency_p50_ms"]
             throughput_ratio = row["throughput_per_s"] / reference["throughput_per_s"]
             print(
-                f"{name:<11} {mode:<11} {row['latency_p50_ms']:>13.1f} {row['latency_p95_ms']:>13.1f} "
+                f"{name:<16} {mode:<11} {row['latency_p50_ms']:>13.1f} {row['latency_p95_ms']:>13.1f} "
                 f"{latency_ratio:>12.2f}x {row['throughput_per_s']:>15.1f} {throughput_ratio:>19.2f}x"
             )
+    print(f"int8 vs ORT fp32 on the demo test split (calibration: {setup['calibration']}):")
+    for name, row in results["accuracy"].items():
+        print(
+            f"  {name:<8} label agreement {row['label_agreement']:.2%}, AUROC {row['auroc_int8']:.4f} "
+            f"(fp32 {row['auroc_fp32']:.4f}, change {row['auroc_change']:+.4f}), "
+            f"max |probability difference| {row['max_abs_probability_difference']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -113,3 +113,74 @@ def test_int8_agrees_with_fp32_on_the_demo_test_split(trained_demo_checkpoint, t
     assert agreement >= 0.99, f"int8 agrees with fp32 on {agreement:.2%} of the test split"
     assert auroc["fp32"] - auroc["int8"] <= 0.01, auroc
     assert (trained_export / INT8_ONNX_FILENAME).stat().st_size < (trained_export / ONNX_FILENAME).stat().st_size
+
+
+def test_static_int8_export_from_the_command_line(trained_demo_checkpoint, tmp_path):
+    """`mmfusion-export --quantize int8-static --calibration demo`: a QDQ graph, convolutions included, that keeps
+    fp32's decisions on the held-out split, with the comparison recorded in onnx_export.json."""
+    import subprocess
+    import sys
+
+    exported = tmp_path / "static"
+    command = [sys.executable, "-m", "mmfusion.inference.export", str(trained_demo_checkpoint.path), str(exported)]
+    result = subprocess.run(
+        [*command, "--quantize", "int8-static", "--calibration", "demo", "--calibration-size", "64"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "label agreement" in result.stdout
+
+    info = json.loads((exported / "onnx_export.json").read_text())
+    assert info["files"] == {"fp32": ONNX_FILENAME, "int8": INT8_ONNX_FILENAME}
+    assert info["quantization"]["method"] == "static"
+    assert info["quantization"]["calibration"] == {"source": "demo", "split": "train", "rows": 64}
+    evaluation = info["int8_evaluation"]
+    assert evaluation["split"] == "validation" and evaluation["rows"] == 400
+    assert evaluation["fp32"]["accuracy"] >= 0.9  # a model that learned the task, so agreement means something
+    assert evaluation["label_agreement"] >= 0.99, evaluation
+    assert abs(evaluation["metric_change"]["auroc"]) <= 0.01, evaluation
+    assert evaluation["metric_change"]["accuracy"] == pytest.approx(
+        evaluation["int8"]["accuracy"] - evaluation["fp32"]["accuracy"]
+    )
+
+    # Every convolution runs on int8 inputs and weights (QDQ: a DequantizeLinear feeds each of them).
+    graph = onnx.load(str(exported / INT8_ONNX_FILENAME)).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert convolutions and all(producers.get(node.input[0]) == "DequantizeLinear" for node in convolutions)
+    assert all(producers.get(node.input[1]) == "DequantizeLinear" for node in convolutions)
+
+    # The predictor runs it and keeps the PyTorch model's decisions on the test split.
+    test_split = trained_demo_checkpoint.dataset["test"]
+    int8 = MMFusionPredictor.from_pretrained(exported, backend="onnx", onnx_file=INT8_ONNX_FILENAME, batch_size=100)
+    reference = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path, batch_size=100)
+    agreement = (
+        int8.predict_dataset(test_split, progress=False).label_ids
+        == reference.predict_dataset(test_split, progress=False).label_ids
+    ).mean()
+    assert agreement >= 0.99, agreement
+
+
+def test_static_int8_needs_calibration_data(trained_demo_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmfusion.inference.export",
+            str(trained_demo_checkpoint.path),
+            str(tmp_path / "out"),
+            "--quantize",
+            "int8-static",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "--quantize int8-static needs --calibration DATA" in result.stderr
+    assert not (tmp_path / "out").exists()

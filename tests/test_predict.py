@@ -218,3 +218,37 @@ def test_multiclass_jsonl_to_json_and_csv(tmp_path):
     header = next(csv.reader(io.StringIO(predictions.to_csv(tmp_path / "out.csv").read_text())))
     assert header == ["id", "proba_negative", "proba_neutral", "proba_positive", "label"]
     assert list(predictions.to_pandas().columns) == header
+
+
+def test_cli_over_a_folder_shows_throughput_and_keeps_the_order(predictor, checkpoint, tiny_memes_folder, tmp_path):
+    """Many batches (prepared by threads ahead of the model) come back in file order, with images/s on the bar."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "predictions.json"
+    command = [sys.executable, "-m", "mmfusion.inference.predict", str(checkpoint), "--input", str(tiny_memes_folder)]
+    result = subprocess.run(
+        [
+            *command,
+            "--split",
+            "test",
+            "--batch-size",
+            "3",
+            "--output",
+            str(output),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "images/s" in result.stderr
+    records = json.loads(output.read_text())
+    rows = [json.loads(line) for line in (tiny_memes_folder / "test.jsonl").read_text().splitlines()]
+    assert [record["id"] for record in records] == [str(row["id"]) for row in rows] and len(rows) == 16
+    for record, row in zip(records, rows):
+        single = predictor.predict(tiny_memes_folder / row["img"], row["text"])
+        assert record["label"] == single["label"]
+        assert record["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)

@@ -2,7 +2,8 @@
 
 - `MMFusionPredictor`: classify pairs, batches and whole files on PyTorch or ONNX Runtime;
 - `predict(...)`: the same in one call (`mmfusion-predict` on the command line);
-- `export_onnx(...)` / `quantize_int8(...)`: `model.onnx` (+ `model_int8.onnx`) with processor files
+- `export_onnx(...)` / `quantize_int8(...)` / `quantize_int8_static(...)`: `model.onnx` (+ `model_int8.onnx`, dynamic
+  or static int8) with processor files
   (`mmfusion-export` on the command line);
 - `modality_report(...)`: which modality drove a decision (the demo app's explanation).
 
@@ -17,7 +18,7 @@ from .images import ImageCheckError, load_image
 from .modality import ModalityReport, modality_report
 from .predict import predict
 from .predictor import MMFusionPredictor
-from .quantization import quantize_int8
+from .quantization import quantize_int8, quantize_int8_static
 
 __all__ = [
     "ExportInfo",
@@ -35,4 +36,5 @@ __all__ = [
     "modality_report",
     "predict",
     "quantize_int8",
+    "quantize_int8_static",
 ]

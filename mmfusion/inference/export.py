@@ -2,6 +2,7 @@
 
 ```
 mmfusion-export outputs/demo-early-fusion exported/ [--quantize int8]
+mmfusion-export outputs/demo-early-fusion exported/ --quantize int8-static --calibration demo [--calibration-size 300]
 python -m mmfusion.inference.export outputs/demo-early-fusion exported/
 ```
 
@@ -9,6 +10,10 @@ The graph takes `input_ids`, `attention_mask`, `token_type_ids` (when the tokeni
 (images already resized to `config.image_size`) and returns `logits`; batch size and caption length are dynamic.
 It is traced with `torch.onnx.export(..., dynamo=True)` (torch.export), which handles all three fusion types.
 After writing, the export is checked against PyTorch on a batch of another size and caption length.
+
+With `--calibration DATA` (any source `mmfusion.data.load_image_text_dataset` reads), `model_int8.onnx` is also
+compared with `model.onnx` on a held-out split of DATA (label agreement, metrics of both, their difference), recorded
+in `onnx_export.json`; `--quantize int8-static` needs it, as its calibration rows come from DATA's training split.
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ from torch import nn
 
 from ..evaluation.ablation import blank_image
 from .backends import INT8_ONNX_FILENAME, MODEL_INPUT_NAMES, ONNX_FILENAME, OnnxBackend
-from .quantization import quantize_int8
+from .quantization import CALIBRATION_METHODS, DEFAULT_OP_TYPES, quantize_int8, quantize_int8_static
 
 logger = logging.getLogger(__name__)
 
 EXPORT_INFO_FILENAME = "onnx_export.json"
-QUANTIZATION_CHOICES = ("int8",)
+# "int8": dynamic (MatMul weights, no calibration); "int8-static": calibrated QDQ, convolutions included.
+QUANTIZATION_CHOICES = ("int8", "int8-static")
+DEFAULT_CALIBRATION_SIZE = 300
+DEFAULT_EVALUATION_SIZE = 1000
+# Splits tried, in this order, for calibration (the first present) and for the held-out comparison (the first present
+# that is not the calibration split and has labels); any other split comes after these.
+_CALIBRATION_SPLITS = ("train",)
+_HELD_OUT_SPLITS = ("validation", "dev_seen", "dev", "dev_unseen", "test", "test_seen", "test_unseen")
 # Models above this size keep their weights in a side file (`model.onnx.data`): protobuf files stop at 2 GiB.
 _SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
 # Captions of different lengths for tracing and checking: the trace must not see the caption length equal to the
@@ -70,6 +82,10 @@ class ExportInfo:
     torch_version: str
     max_abs_logit_difference: float
     files: dict[str, str] = field(default_factory=dict)
+    #: how `model_int8.onnx` was made: method, format, types, calibration source/split/rows
+    quantization: dict | None = None
+    #: `model_int8.onnx` against `model.onnx` on held-out rows: label agreement, metrics of both and their change
+    int8_evaluation: dict | None = None
 
 
 def sample_inputs(processor, image_size: int, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -97,8 +113,14 @@ def export_onnx(
     output_dir: str | os.PathLike,
     *,
     quantize: str | None = None,
+    calibration=None,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    calibration_split: str | None = None,
+    calibrate_method: str = "minmax",
+    evaluation_size: int = DEFAULT_EVALUATION_SIZE,
     opset_version: int | None = None,
     atol: float = 1e-4,
+    **load_options,
 ) -> ExportInfo:
     r"""
     Export a checkpoint to `output_dir/model.onnx` plus its config and processor files.
@@ -109,12 +131,28 @@ def export_onnx(
         output_dir (`str` or `os.PathLike`):
             Where to write `model.onnx`, `config.json`, the processor files and `onnx_export.json`.
         quantize (`str`, *optional*):
-            `"int8"`: also write `model_int8.onnx`, dynamically quantized (`mmfusion.inference.quantize_int8`).
+            Also write `model_int8.onnx`: `"int8"`, dynamically quantized (`mmfusion.inference.quantize_int8`: MatMul
+            weights, no calibration); `"int8-static"`, statically quantized, convolutions included
+            (`mmfusion.inference.quantize_int8_static`), calibrated on `calibration`.
+        calibration (*optional*):
+            Data for calibration and for the int8/fp32 comparison: anything `load_image_text_dataset` reads (a
+            folder, a `.jsonl`/`.csv` file, `"demo"`, a `DatasetDict`). Required by `"int8-static"`.
+        calibration_size (`int`, *optional*, defaults to 300):
+            Calibration rows, drawn at random (seed 0) from `calibration_split`.
+        calibration_split (`str`, *optional*):
+            Default: `"train"` when present, else the first split.
+        calibrate_method (`str`, *optional*, defaults to `"minmax"`):
+            See `quantize_int8_static`.
+        evaluation_size (`int`, *optional*, defaults to 1000):
+            At most this many held-out rows for the int8/fp32 comparison: the first labeled split other than the
+            calibration split (validation, dev, test, ...), else the calibration split's rows not used to calibrate.
         opset_version (`int`, *optional*):
             ONNX opset; default: the exporter's.
         atol (`float`, *optional*, defaults to 1e-4):
             The export is run on a check batch with ONNX Runtime and compared with PyTorch; a larger maximum absolute
             logit difference is logged as a warning.
+        load_options:
+            Passed to `load_image_text_dataset` for `calibration` (`cache_dir`, `text_column`, ...).
 
     Returns:
         `ExportInfo`: inputs, outputs, the measured difference and the files written (also in `onnx_export.json`).
@@ -123,6 +161,17 @@ def export_onnx(
 
     if quantize is not None and quantize not in QUANTIZATION_CHOICES:
         raise ValueError(f"quantize must be one of {QUANTIZATION_CHOICES} or None, got {quantize!r}")
+    if quantize == "int8-static" and calibration is None:
+        raise ValueError("quantize='int8-static' needs calibration data (--calibration DATA).")
+    if calibration_size < 1:
+        raise ValueError(f"calibration_size must be at least 1, got {calibration_size}")
+    if calibrate_method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibrate_method must be one of {CALIBRATION_METHODS}, got {calibrate_method!r}")
+    splits = None
+    if calibration is not None:  # loaded (and checked) before the slow export, so bad data fails fast
+        splits = calibration_and_held_out(
+            calibration, calibration_size, calibration_split, evaluation_size, **load_options
+        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -147,8 +196,34 @@ def export_onnx(
     if difference > atol:
         logger.warning("ONNX Runtime and PyTorch logits differ by up to %.3g (> %.1g).", difference, atol)
     files = {"fp32": onnx_path.name}
+    quantization = evaluation = None
+    int8_path = output_dir / INT8_ONNX_FILENAME
     if quantize == "int8":
-        files["int8"] = quantize_int8(onnx_path, output_dir / INT8_ONNX_FILENAME).name
+        files["int8"] = quantize_int8(onnx_path, int8_path).name
+        quantization = {"method": "dynamic", "weight_type": "int8", "op_types": list(DEFAULT_OP_TYPES)}
+    elif quantize == "int8-static":
+        source, calibration_rows = splits["calibration"]
+        batches = calibration_batches(processor, calibration_rows, list(trace_inputs))
+        files["int8"] = quantize_int8_static(onnx_path, int8_path, batches, calibrate_method=calibrate_method).name
+        quantization = {
+            "method": "static",
+            "format": "QDQ",
+            "activation_type": "uint8",
+            "weight_type": "int8",
+            "per_channel": True,
+            "image_side": "every operator, static",
+            "text_side": "Conv/Relu/MaxPool static, MatMul/Gemm weights dynamic",
+            "calibrate_method": calibrate_method,
+            "calibration": {"source": str(calibration), "split": source, "rows": len(calibration_rows)},
+        }
+    if quantize is not None and splits is not None:
+        evaluation = compare_int8_with_fp32(output_dir, *splits["held_out"], source=str(calibration))
+        logger.info(
+            "int8 vs fp32 on %d held-out rows of %s: label agreement %.4f",
+            evaluation["rows"],
+            evaluation["split"],
+            evaluation["label_agreement"],
+        )
     info = ExportInfo(
         fusion=model.config.fusion,
         inputs=list(trace_inputs),
@@ -158,9 +233,86 @@ def export_onnx(
         torch_version=torch.__version__,
         max_abs_logit_difference=difference,
         files=files,
+        quantization=quantization,
+        int8_evaluation=evaluation,
     )
     (output_dir / EXPORT_INFO_FILENAME).write_text(json.dumps(asdict(info), indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def calibration_and_held_out(
+    source, calibration_size: int, calibration_split: str | None, evaluation_size: int, **load_options
+) -> dict[str, tuple[str, object]]:
+    """`{"calibration": (split, rows), "held_out": (split, rows)}` from any source the data layer reads.
+
+    Calibration rows are a random sample (seed 0) of `calibration_split` (default: train, else the first split).
+    Held-out rows: the first labeled split other than that one (validation, dev, test, ...), else the calibration
+    split's rows that were not sampled; at most `evaluation_size` of them, in file order.
+    """
+    from ..data import load_image_text_dataset
+
+    dataset_dict = load_image_text_dataset(source, **load_options)
+    names = list(dataset_dict)
+    if calibration_split is None:
+        calibration_split = next((name for name in _CALIBRATION_SPLITS if name in dataset_dict), names[0])
+    elif calibration_split not in dataset_dict:
+        raise ValueError(f"{source} has no split {calibration_split!r}; available: {', '.join(names)}.")
+    pool = dataset_dict[calibration_split]
+    if len(pool) == 0:
+        raise ValueError(f"The {calibration_split!r} split of {source} is empty: nothing to calibrate on.")
+    order = np.random.default_rng(0).permutation(len(pool))
+    calibration_rows = pool.select(sorted(order[:calibration_size]))
+
+    def labeled(dataset) -> bool:
+        return "label" in dataset.column_names and len(dataset) > 0 and max(dataset["label"]) >= 0
+
+    ordered = [name for name in _HELD_OUT_SPLITS if name in dataset_dict] + names
+    held_out_split = next(
+        (name for name in ordered if name != calibration_split and labeled(dataset_dict[name])), None
+    )
+    if held_out_split is not None:
+        held_out = dataset_dict[held_out_split]
+    else:
+        held_out_split = f"{calibration_split} (rows not used for calibration)"
+        held_out = pool.select(sorted(order[calibration_size:]))
+    held_out = held_out.select(range(min(evaluation_size, len(held_out))))
+    return {"calibration": (calibration_split, calibration_rows), "held_out": (held_out_split, held_out)}
+
+
+def calibration_batches(processor, dataset, input_names: list[str], batch_size: int = 16):
+    """Processor outputs (numpy, restricted to `input_names`) for `dataset`'s rows, `batch_size` at a time."""
+    for batch in dataset.iter(batch_size=batch_size):
+        inputs = processor(images=batch["image"], text=batch["text"], return_tensors="np")
+        yield {name: np.asarray(inputs[name]) for name in input_names if name in inputs}
+
+
+def compare_int8_with_fp32(
+    output_dir: Path, split: str, dataset, *, source: str, int8_file: str = INT8_ONNX_FILENAME
+) -> dict:
+    """`int8_file` (`model_int8.onnx`) against `model.onnx` on `dataset`: label agreement, metrics of both, change."""
+    from ..evaluation.metrics import classification_metrics
+    from .predictor import MMFusionPredictor
+
+    if len(dataset) == 0:
+        raise ValueError(f"No held-out rows in {source} to compare int8 with fp32 on.")
+    results = {}
+    for name, onnx_file in (("fp32", ONNX_FILENAME), ("int8", int8_file)):
+        predictor = MMFusionPredictor.from_pretrained(output_dir, backend="onnx", onnx_file=onnx_file, device="cpu")
+        results[name] = predictor.predict_dataset(dataset, progress=False)
+    fp32, int8 = results["fp32"], results["int8"]
+    evaluation = {
+        "source": source,
+        "split": split,
+        "rows": len(dataset),
+        "label_agreement": float((fp32.label_ids == int8.label_ids).mean()),
+        "max_abs_probability_difference": float(np.abs(fp32.probabilities - int8.probabilities).max()),
+    }
+    labels = fp32.true_labels
+    if labels is not None and (labels >= 0).any():
+        metrics = {name: classification_metrics(r.probabilities, labels, r.label_names) for name, r in results.items()}
+        evaluation["fp32"], evaluation["int8"] = metrics["fp32"], metrics["int8"]
+        evaluation["metric_change"] = {key: metrics["int8"][key] - metrics["fp32"][key] for key in metrics["fp32"]}
+    return evaluation
 
 
 def caption_length_limit(model: nn.Module, processor) -> int | None:
@@ -226,7 +378,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="checkpoint folder or Hub id")
     parser.add_argument("output_dir", help="folder to write model.onnx and the processor files to")
     parser.add_argument(
-        "--quantize", choices=QUANTIZATION_CHOICES, help="also write a dynamically quantized model_int8.onnx"
+        "--quantize",
+        choices=QUANTIZATION_CHOICES,
+        help="also write model_int8.onnx: int8 = dynamic (MatMul weights only, no calibration), int8-static = "
+        "calibrated on --calibration, convolutions included (fastest on CPUs with VNNI)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="calibration data (a Hateful-Memes-layout folder, .jsonl/.csv/.tsv file, or 'demo'); also used to "
+        "compare int8 with fp32 on a held-out split (reported in onnx_export.json)",
+    )
+    parser.add_argument(
+        "--calibration-size",
+        type=int,
+        default=DEFAULT_CALIBRATION_SIZE,
+        metavar="N",
+        help=f"calibration rows, sampled from the train split (default: {DEFAULT_CALIBRATION_SIZE})",
+    )
+    parser.add_argument("--calibration-split", help="split to calibrate on (default: train, else the first split)")
+    parser.add_argument("--calibrate-method", choices=CALIBRATION_METHODS, default="minmax", help="default: minmax")
+    parser.add_argument(
+        "--evaluation-size",
+        type=int,
+        default=DEFAULT_EVALUATION_SIZE,
+        metavar="N",
+        help=f"at most N held-out rows for the int8/fp32 comparison (default: {DEFAULT_EVALUATION_SIZE})",
     )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
     return parser
@@ -235,9 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.quantize == "int8-static" and args.calibration is None:
+        build_parser().error("--quantize int8-static needs --calibration DATA")
+    from ..data import BadRowError
+
     try:
-        info = export_onnx(args.checkpoint, args.output_dir, quantize=args.quantize, opset_version=args.opset)
-    except (OSError, ValueError) as error:
+        info = export_onnx(
+            args.checkpoint,
+            args.output_dir,
+            quantize=args.quantize,
+            calibration=args.calibration,
+            calibration_size=args.calibration_size,
+            calibration_split=args.calibration_split,
+            calibrate_method=args.calibrate_method,
+            evaluation_size=args.evaluation_size,
+            opset_version=args.opset,
+        )
+    except (BadRowError, OSError, ValueError) as error:
         print(f"mmfusion-export: error: {error}", file=sys.stderr)
         return 1
     written = ", ".join(info.files.values())
@@ -245,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Wrote {written} to {args.output_dir} ({info.fusion} fusion; inputs: {', '.join(info.inputs)}; "
         f"max |logit difference| vs PyTorch: {info.max_abs_logit_difference:.2e})"
     )
+    if info.int8_evaluation is not None:
+        evaluation = info.int8_evaluation
+        changes = ", ".join(f"{key} {value:+.4f}" for key, value in evaluation.get("metric_change", {}).items())
+        print(
+            f"int8 vs fp32 on {evaluation['rows']} rows of {evaluation['split']}: label agreement "
+            f"{evaluation['label_agreement']:.2%}" + (f"; metric change: {changes}" if changes else "")
+        )
     return 0
 
 

@@ -13,20 +13,21 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageCheckError, normalize_image, open_image
+from ..processing_mmfusion import rescale_to_uint8
 
 ImageInput = Image.Image | str | os.PathLike | bytes | np.ndarray
 
 __all__ = ["ImageCheckError", "ImageInput", "load_image"]
 
 
-def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(image: ImageInput, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Return `image` as an RGB `PIL.Image`.
 
     Args:
         image (`PIL.Image.Image`, `str`, `os.PathLike`, `bytes` or `np.ndarray`):
             A PIL image (any mode), the path of an image file, its encoded bytes, or an `(H, W)`/`(H, W, C)` uint8
             array.
-        max_pixels (`int`, *optional*):
+        max_image_pixels (`int`, *optional*):
             Decompression-bomb guard for files and bytes (see `mmfusion.data.images.open_image`).
 
     Raises:
@@ -36,19 +37,11 @@ def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_
     if isinstance(image, Image.Image):
         return normalize_image(image)
     if isinstance(image, np.ndarray):
-        return normalize_image(Image.fromarray(_as_uint8(image)))
+        return normalize_image(Image.fromarray(rescale_to_uint8(image)))
     if isinstance(image, (str, os.PathLike, bytes, bytearray)):
         with open_image(
-            bytes(image) if isinstance(image, bytearray) else image, max_image_pixels=max_pixels
+            bytes(image) if isinstance(image, bytearray) else image, max_image_pixels=max_image_pixels
         ) as opened:
             # normalize_image returns the same object for RGB input; copy so the file handle can close.
             return normalize_image(opened).copy()
     raise TypeError(f"Expected a PIL image, a file path, encoded bytes or a numpy array; got {type(image).__name__}")
-
-
-def _as_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype.kind == "f" and array.size and array.min() >= 0.0 and array.max() <= 1.0:
-        array = array * 255.0  # float images in [0, 1]
-    return np.clip(np.rint(array), 0, 255).astype(np.uint8)

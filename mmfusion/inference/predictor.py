@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..checkpoints import check_checkpoint
 from ..evaluation.predictions import Predictions, prediction_record, probabilities_from_logits
+from ..parallel import image_thread_pool, usable_cpu_count
 from .backends import (
     BACKENDS,
     ONNX_FILENAME,
@@ -146,20 +150,39 @@ class MMFusionPredictor:
         """`(len(images), num_labels)` class probabilities for the pairs, computed `batch_size` at a time."""
         if len(images) != len(texts):
             raise ValueError(f"Got {len(images)} images but {len(texts)} captions; pass one caption per image.")
+        batches = (
+            (images[start : start + self.batch_size], texts[start : start + self.batch_size])
+            for start in range(0, len(images), self.batch_size)
+        )
+        return self._run(batches, len(images), progress=progress, description="Predicting")
+
+    def _run(self, batches: Iterable[tuple[Sequence, Sequence]], total: int, *, progress: bool, description: str):
+        """Probabilities for `(images, texts)` batches: images decoded and preprocessed in threads, ahead of the model.
+
+        Preparing a batch (decoding its images, resizing, normalising, tokenizing) is done by the image thread pool
+        (`mmfusion.parallel`; PIL and numpy release the GIL), a few batches ahead, while the model runs the current
+        one. When there is a single batch, its images are decoded in parallel instead.
+        """
         chunks = []
-        with tqdm(total=len(images), unit="pair", disable=not progress, desc="Predicting") as bar:
-            for start in range(0, len(images), self.batch_size):
-                stop = start + self.batch_size
-                chunks.append(self._probabilities(images[start:stop], texts[start:stop]))
-                bar.update(len(chunks[-1]))
+        with (
+            tqdm(total=total, unit=" images", disable=not progress, desc=description, smoothing=0.1) as bar,
+            image_thread_pool() as pool,
+        ):
+            for inputs, count in _prefetched(pool, batches, self._prepare_batch, ahead=usable_cpu_count() + 1):
+                chunks.append(self._probabilities(inputs))
+                bar.update(count)
         if not chunks:
             return np.zeros((0, len(self.label_names)))
         return np.concatenate(chunks)
 
-    def _probabilities(self, images: Sequence[ImageInput], texts: Sequence[str | None]) -> np.ndarray:
-        pil_images = [load_image(image) for image in images]
+    def _prepare_batch(self, images: Sequence, texts: Sequence[str | None], pool=None):
+        """Processor outputs for one batch, and its size. `pool`: decode the images in parallel."""
+        pil_images = list(pool.map(load_image, images)) if pool is not None else [load_image(i) for i in images]
         captions = ["" if text is None else str(text) for text in texts]
         inputs = self.processor(images=pil_images, text=captions, return_tensors=self.backend.return_tensors)
+        return inputs, len(pil_images)
+
+    def _probabilities(self, inputs) -> np.ndarray:
         return probabilities_from_logits(self.backend.logits(inputs), getattr(self.config, "problem_type", None))
 
     # ------------------------------------------------------------------------------------------------ files
@@ -213,13 +236,16 @@ class MMFusionPredictor:
         return predictions
 
     def predict_dataset(self, dataset, *, progress: bool = True, description: str = "Predicting") -> Predictions:
-        """Predict a `datasets.Dataset` with `id`, `image` and `text` columns (and optionally `label`)."""
-        chunks = []
-        with tqdm(total=len(dataset), unit="pair", disable=not progress, desc=description) as bar:
-            for batch in dataset.iter(batch_size=self.batch_size):
-                chunks.append(self._probabilities(batch["image"], batch["text"]))
-                bar.update(len(batch["id"]))
-        probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(self.label_names)))
+        """Predict a `datasets.Dataset` with `id`, `image` and `text` columns (and optionally `label`).
+
+        Images are read undecoded (file path or encoded bytes) and decoded by the predictor's threads.
+        """
+        undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+        batches = (
+            ([encoded_image(image) for image in batch["image"]], batch["text"])
+            for batch in undecoded.select_columns(["image", "text"]).iter(batch_size=self.batch_size)
+        )
+        probabilities = self._run(batches, len(dataset), progress=progress, description=description)
         labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
         return Predictions(
             ids=[str(i) for i in dataset["id"]],
@@ -231,6 +257,32 @@ class MMFusionPredictor:
     def __repr__(self) -> str:
         engine = type(self.backend).__name__
         return f"{type(self).__name__}(backend={engine}, labels={self.label_names}, batch_size={self.batch_size})"
+
+
+def encoded_image(item: dict) -> bytes | str:
+    """What a `datasets.Image(decode=False)` cell holds, for `load_image`: its encoded bytes, else its file path."""
+    return item["bytes"] if item.get("bytes") is not None else item["path"]
+
+
+def _prefetched(pool: ThreadPoolExecutor, batches: Iterable[tuple], prepare: Callable, *, ahead: int) -> Iterator:
+    """`prepare(*batch)` for every batch, in order, computed by `pool` up to `ahead` batches before they are used.
+
+    A single batch is prepared in the calling thread with `pool` passed on (its images are decoded in parallel).
+    """
+    iterator = iter(batches)
+    first, second = next(iterator, None), next(iterator, None)
+    if first is None:
+        return
+    if second is None:
+        yield prepare(*first, pool=pool)
+        return
+    pending: deque[Future] = deque(pool.submit(prepare, *batch) for batch in (first, second))
+    for batch in iterator:
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+        pending.append(pool.submit(prepare, *batch))
+    while pending:
+        yield pending.popleft().result()
 
 
 def choose_split(dataset_dict, split: str | None, source) -> str:
