@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig, ResNetConfig
 
+from .pipeline_mmfusion import custom_pipelines_entry  # imported so the pipeline file is copied beside the config
+
 
 @dataclass(frozen=True)
 class FusionType:
@@ -187,6 +189,8 @@ class MMFusionConfig(PretrainedConfig):
         self.freeze_vision_encoder = freeze_vision_encoder
         self.modality_dropout = modality_dropout
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        # Every saved checkpoint is a pipeline: pipeline("image-text-classification", model=..., trust_remote_code=True)
+        kwargs.setdefault("custom_pipelines", custom_pipelines_entry())
         super().__init__(**kwargs)
         if self.id2label and not self.label2id:
             # transformers 5 no longer derives one mapping from the other; pipelines and users expect both

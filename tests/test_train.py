@@ -52,8 +52,10 @@ def test_end_to_end_writes_checkpoint_report_predictions_and_card(
         "modeling_mmfusion.py",
         "configuration_mmfusion.py",
         "processing_mmfusion.py",
+        "pipeline_mmfusion.py",
     ):
         assert (output / name).exists(), name
+    assert "image-text-classification" in json.loads((output / "config.json").read_text())["custom_pipelines"]
     results = json.loads((output / "all_results.json").read_text())
     assert {"eval_auroc", "eval_accuracy", "test_auroc", "test_accuracy"} <= set(results)
 

@@ -19,6 +19,7 @@ in `onnx_export.json`; `--quantize int8-static` needs it, as its calibration row
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -189,7 +190,10 @@ def export_onnx(
     write_onnx_graph(
         model, trace_inputs, onnx_path, max_caption_length=max_caption_length, opset_version=opset_version
     )
-    model.config.save_pretrained(output_dir)
+    config = copy.deepcopy(model.config)
+    # An export folder has no PyTorch weights, so transformers' pipeline cannot load it: do not advertise one.
+    config.custom_pipelines = {}
+    config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
 
     difference = max_logit_difference(model, onnx_path, sample_inputs(processor, image_size, _CHECK_CAPTIONS))
