@@ -252,3 +252,29 @@ def test_cli_over_a_folder_shows_throughput_and_keeps_the_order(predictor, check
         single = predictor.predict(tiny_memes_folder / row["img"], row["text"])
         assert record["label"] == single["label"]
         assert record["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+
+
+def test_cli_refuses_images_outside_the_input_folder_unless_allowed(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    colourful_image(1).save(tmp_path / "outside.png")
+    colourful_image(2).save(folder / "inside.png")
+    data = folder / "posts.jsonl"
+    data.write_text(
+        json.dumps({"id": "a", "image": "inside.png", "text": "fine"})
+        + "\n"
+        + json.dumps({"id": "b", "image": "../outside.png", "text": "leaves the folder"})
+        + "\n"
+    )
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert predict_main([str(checkpoint), "--input", str(data), *cache]) == 1
+    error = capsys.readouterr().err
+    assert "posts.jsonl, line 2, id 'b'" in error and "outside" in error
+    output = tmp_path / "predictions.csv"
+    assert (
+        predict_main(
+            [str(checkpoint), "--input", str(data), "--allow-outside-images", "--output", str(output), *cache]
+        )
+        == 0
+    )
+    assert [row[0] for row in csv.reader(output.open())][1:] == ["a", "b"]

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--on-bad-rows", choices=("error", "skip"), default="error", help="default: error")
     data.add_argument("--report", help="also write the load report (skipped rows) to this JSON file")
     data.add_argument("--cache-dir", help="datasets cache directory for the loaded input")
+    data.add_argument("--encoding", default="utf-8", help="text encoding of jsonl/csv input (default: utf-8)")
+    data.add_argument(
+        "--allow-outside-images", action="store_true", help="accept image paths that leave the input's folder"
+    )
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--output", help="write predictions to a .csv (challenge format) or .json file; default: stdout"
@@ -132,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             write_pair(predictor.predict(args.image, args.text), Path(args.image).stem, args.output)
         else:
             load_options = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+            if args.encoding != "utf-8":
+                load_options["encoding"] = args.encoding
+            if args.allow_outside_images:
+                load_options["allow_outside_images"] = True
             predictions = predictor.predict_file(
                 args.input,
                 split=args.split,

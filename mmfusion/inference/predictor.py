@@ -223,8 +223,11 @@ class MMFusionPredictor:
         Returns:
             `Predictions`: ids, probabilities and predicted labels; `.to_csv(path)` writes the challenge format.
         """
-        from ..data import load_image_text_dataset
+        from ..data import detect_kind, load_image_text_dataset
 
+        if detect_kind(source) == "files":
+            # string labels (or none at all, for an unlabeled file) are read in the model's own class order
+            load_options.setdefault("class_names", list(self.label_names))
         dataset_dict, report = load_image_text_dataset(
             source, on_bad_rows=on_bad_rows, return_report=True, **load_options
         )
