@@ -84,7 +84,11 @@ def _map_cached(dataset: Dataset, function, *, fingerprint: str, cache_dir: Path
 def tokenize_captions(
     dataset: Dataset, tokenizer, max_length: int, *, cache_dir: Path | None = None, num_proc: int | None = None
 ) -> Dataset:
-    """Add `input_ids`, `attention_mask` (and `token_type_ids`) without padding, plus their `length`."""
+    """Add `input_ids`, `attention_mask` (and `token_type_ids`) without padding, plus their `length`.
+
+    Captions are truncated to `max_length` or the tokenizer's own limit, whichever is shorter (CLIP's is 77: its
+    text tower has no position beyond)."""
+    max_length = min(max_length, tokenizer.model_max_length)
 
     def tokenize(batch):
         encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
