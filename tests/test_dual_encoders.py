@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -179,3 +180,40 @@ def test_hub_user_without_mmfusion_loads_dual_encoder_models(dual_encoder, tmp_p
     got = json.loads(result.stdout.strip().splitlines()[-1])
     for saved in folders:
         assert_close(torch.tensor(got[saved]), expected[saved])
+
+
+def test_cached_embeddings_give_the_logits_of_the_uncached_model(dual_encoder, tmp_path):
+    """Both towers frozen: captions and images are encoded once (`text_embeds`, `image_embeds`), same logits."""
+    import datasets
+
+    from mmfusion.training.collator import MMFusionCollator
+    from mmfusion.training.inputs import IMAGE_EMBEDS, PIXELS, TEXT_EMBEDS, prepare_model_inputs
+
+    kind, folder, _ = dual_encoder
+    processor = processor_for(folder)
+    model = MMFusionForClassification.from_text_vision_pretrained(
+        str(folder), str(folder), fusion="cross", num_labels=2, freeze_text_encoder=True, freeze_vision_encoder=True
+    ).eval()
+    images = [Image.new("RGB", (40 + 3 * i, 36), (40 * i, 200 - 30 * i, 90)) for i in range(len(CAPTIONS))]
+    dataset = datasets.Dataset.from_dict(
+        {"image": images, "text": CAPTIONS, "label": [0, 1, 1, 0]},
+        features=datasets.Features(
+            {"image": datasets.Image(), "text": datasets.Value("string"), "label": datasets.Value("int64")}
+        ),
+    )
+    cached = prepare_model_inputs(dataset, processor, model, cache_dir=tmp_path / "cache")
+    assert {TEXT_EMBEDS, IMAGE_EMBEDS} <= set(cached.column_names)
+    uncached = prepare_model_inputs(
+        dataset, processor, model, use_image_features=False, use_text_embeddings=False, cache_dir=tmp_path / "cache"
+    )
+    assert PIXELS in uncached.column_names and TEXT_EMBEDS not in uncached.column_names
+    collator = MMFusionCollator.for_processor(processor)
+    cached_batch, uncached_batch = collator(list(cached)), collator(list(uncached))
+    assert "input_ids" not in cached_batch and "pixel_values" not in cached_batch
+    with torch.no_grad():
+        cached_logits = model(**cached_batch).logits
+        uncached_logits = model(**uncached_batch).logits
+    assert_close(cached_logits, uncached_logits, atol=1e-5, rtol=1e-4)
+    # and a second preparation is read from the cache, not recomputed
+    again = prepare_model_inputs(dataset, processor, model, cache_dir=tmp_path / "cache")
+    assert np.array_equal(np.stack(again[TEXT_EMBEDS]), np.stack(cached[TEXT_EMBEDS]))

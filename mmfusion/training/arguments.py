@@ -105,6 +105,13 @@ class DataArguments:
     cache_image_features: bool = field(
         default=True, metadata={"help": "With a frozen vision tower, compute its features once and reuse them."}
     )
+    cache_text_embeddings: bool = field(
+        default=True,
+        metadata={
+            "help": "With a frozen text tower and a fusion that reads embeddings (concat, cross, align, late), "
+            "compute the caption embeddings once and reuse them."
+        },
+    )
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     demo_seed: int = 0
