@@ -11,9 +11,9 @@ from PIL import Image
 from tiny_models import tiny_model, tiny_processor
 from torch.testing import assert_close
 
+from mmfusion import FUSIONS as REGISTRY
 from mmfusion.data import load_hateful_memes, make_demo_folder
 from mmfusion.training.collator import MMFusionCollator
-from mmfusion import FUSIONS as REGISTRY
 from mmfusion.training.inputs import IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, prepare_model_inputs
 
 FUSIONS = list(REGISTRY)
