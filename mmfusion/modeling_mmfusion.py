@@ -524,6 +524,8 @@ def _tower_from_config(sub_config):
         return AutoModel.from_config(sub_config, attn_implementation="eager")
 
 
+# Text towers whose pooled output is the last position, trained on captions padded to the full length (SigLIP).
+_FULL_LENGTH_TEXT_TOWERS = {"siglip_text_model", "siglip2_text_model"}
 # Tower configs that transformers' AutoModel does not map to a model class (SigLIP's text towers).
 _TOWERS_AUTO_MODEL_LACKS = {"siglip_text_model": "SiglipTextModel", "siglip2_text_model": "Siglip2TextModel"}
 
@@ -640,13 +642,23 @@ class MMFusionModel(MMFusionPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
             return self.visual_projection(pooled)
 
-    def _text_inputs(self, input_ids, attention_mask, token_type_ids, inputs_embeds) -> dict:
-        """The text tower's keyword arguments: those it takes (token types are dropped for towers without them)."""
+    def _text_inputs(self, input_ids, attention_mask, token_type_ids, inputs_embeds, pooled: bool = False) -> dict:
+        """The text tower's keyword arguments: those it takes (token types are dropped for towers without them).
+
+        `pooled`: for the caption's pooled embedding only (not its token states)."""
         if inputs_embeds is not None and "inputs_embeds" not in self._text_input_names:
             raise ValueError(f"The {self.config.text_config.model_type} text tower does not take `inputs_embeds`.")
         if attention_mask is None:
             text = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+        text_config = self.config.text_config
+        if pooled and text_config.model_type in _FULL_LENGTH_TEXT_TOWERS and input_ids is not None:
+            # SigLIP's text tower reads its last position and was trained on captions padded to its full length
+            # without a mask: pad (and re-pad) so that a caption's embedding does not depend on its batch.
+            pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
+            input_ids = torch.where(attention_mask.bool(), input_ids, pad_id)
+            input_ids = F.pad(input_ids, (0, text_config.max_position_embeddings - input_ids.shape[1]), value=pad_id)
+            attention_mask = None
         given = {
             "input_ids": input_ids,
             "inputs_embeds": inputs_embeds,
@@ -679,7 +691,7 @@ class MMFusionModel(MMFusionPreTrainedModel):
         """One vector per caption, (B, text_embed_dim): the tower's pooled output (`pooled_text_output`) projected
         into the joint space (`text_projection`) when the model has one, else the pooled output itself. What
         `text_embeds=` takes, so that with a frozen text tower it can be computed once."""
-        text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds, pooled=True)
         return self._encode_text(text_inputs)[0]
 
     @can_return_tuple
@@ -785,7 +797,7 @@ class MMFusionModel(MMFusionPreTrainedModel):
         """The fusions that read one text vector and one image vector, computed here unless given precomputed."""
         text_outputs = None
         if text_embeds is None:
-            text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
+            text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds, pooled=True)
             text_embeds, text_outputs = self._encode_text(text_inputs, output_hidden_states, output_attentions)
         if image_embeds is None:
             image_embeds = self.image_embeddings(pixel_values=pixel_values, image_features=image_features)

@@ -45,9 +45,7 @@ def example_batch(processor, kind: str):
     images = [
         Image.new("RGB", (40, 36), colour) for colour in ((200, 30, 30), (30, 30, 200), (30, 200, 30), (9, 9, 9))
     ]
-    # SigLIP's text tower reads the last position: it was trained on captions padded to its maximum length
-    padding = {"padding": "max_length"} if kind == "siglip" else {}
-    return processor(images=images, text=CAPTIONS, **padding)
+    return processor(images=images, text=CAPTIONS)  # padded to the longest caption
 
 
 def test_one_checkpoint_gives_both_towers_with_their_projections(dual_encoder):
@@ -69,16 +67,27 @@ def test_one_checkpoint_gives_both_towers_with_their_projections(dual_encoder):
         assert model.config.projection_dim is None and towers.text_projection is None
 
     # the embeddings the fusions read are the dual encoder's own joint-space embeddings
-    batch = example_batch(processor_for(folder), kind)
+    processor = processor_for(folder)
+    batch = example_batch(processor, kind)
+    if kind == "siglip":  # SigLIP's own usage: captions padded to the full length, no attention mask
+        text_inputs = {
+            "input_ids": processor.tokenizer(CAPTIONS, padding="max_length", return_tensors="pt")["input_ids"]
+        }
+    else:
+        text_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     with torch.no_grad():
-        expected_text = reference.get_text_features(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        )
+        expected_text = reference.get_text_features(**text_inputs)
         expected_image = reference.get_image_features(pixel_values=batch["pixel_values"])
         text = model.text_embeddings(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         image = model.image_embeddings(pixel_values=batch["pixel_values"])
     assert_close(text, getattr(expected_text, "pooler_output", expected_text))
     assert_close(image, getattr(expected_image, "pooler_output", expected_image))
+    # a caption's embedding does not depend on how its batch was padded (SigLIP reads the last position)
+    alone = processor(text=CAPTIONS[1:2])
+    with torch.no_grad():
+        single = model.text_embeddings(input_ids=alone["input_ids"], attention_mask=alone["attention_mask"])
+    assert alone["input_ids"].shape[1] < batch["input_ids"].shape[1]
+    assert_close(single[0], text[1], atol=1e-5, rtol=1e-4)
 
 
 def test_separately_saved_clip_towers_still_load(tmp_path):

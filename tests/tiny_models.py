@@ -127,6 +127,7 @@ def tiny_siglip_checkpoint(folder, seed: int = 0):
             num_hidden_layers=2,
             num_attention_heads=4,
             max_position_embeddings=16,
+            pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
             hidden_size=32,
