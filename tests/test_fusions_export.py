@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import tiny_clip_checkpoint, tiny_model, tiny_processor
+from tiny_models import tiny_clip_checkpoint, tiny_model, tiny_processor, tiny_siglip_checkpoint
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from mmfusion import MMFusionForClassification
@@ -50,9 +50,9 @@ def test_new_fusions_export_with_parity_on_bert_and_resnet(fusion, tmp_path):
     check_parity(tmp_path / "checkpoint", tmp_path / "onnx")
 
 
-@pytest.mark.parametrize("fusion", ["cross", "concat"])
-def test_clip_tower_models_export_with_parity(fusion, tmp_path):
-    tiny_clip_checkpoint(tmp_path / "clip")
+@pytest.mark.parametrize(("kind", "fusion"), [("clip", "cross"), ("clip", "concat"), ("siglip", "cross")])
+def test_dual_encoder_tower_models_export_with_parity(kind, fusion, tmp_path):
+    (tiny_clip_checkpoint if kind == "clip" else tiny_siglip_checkpoint)(tmp_path / "clip")
     model = MMFusionForClassification.from_text_vision_pretrained(
         str(tmp_path / "clip"), str(tmp_path / "clip"), fusion=fusion, num_labels=2
     )
@@ -64,4 +64,5 @@ def test_clip_tower_models_export_with_parity(fusion, tmp_path):
     )
     build_processor(model_args, resolve_image_size(model_args), None).save_pretrained(tmp_path / "checkpoint")
     info = check_parity(tmp_path / "checkpoint", tmp_path / "onnx")
-    assert "token_type_ids" not in info.inputs  # CLIP's tokenizer makes none
+    if kind == "clip":
+        assert "token_type_ids" not in info.inputs  # CLIP's tokenizer makes none
