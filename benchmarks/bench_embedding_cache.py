@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -99,9 +100,7 @@ def run(folder: Path, output: Path, cached: bool, args) -> dict:
     with tempfile.TemporaryDirectory() as cache:  # a fresh inputs cache and datasets cache per run
         env = {"MMFUSION_CACHE": cache, "HF_DATASETS_CACHE": cache}
         started = time.perf_counter()
-        result = subprocess.run(
-            command, cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ, **env}
-        )
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **env})
         wall = time.perf_counter() - started
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
