@@ -25,6 +25,7 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from mmfusion.configuration_mmfusion import FUSIONS
 from mmfusion.data import is_hub_name
 from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
 from mmfusion.evaluation.model_card import write_model_card
@@ -84,7 +85,9 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         model.config.fusion,
         model.num_parameters() / 1e6,
         model.num_parameters(only_trainable=True) / 1e6,
-        "cached frozen-tower features" if use_features else "cached uint8 pixels",
+        ("cached frozen-tower " + ("embeddings" if FUSIONS[model.config.fusion].reads_embeddings else "features"))
+        if use_features
+        else "cached uint8 pixels",
     )
 
     # 4. Model inputs, computed once into the datasets cache (tokens, resized pixels or frozen-tower features).
@@ -95,6 +98,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             model,
             max_length=data_args.max_text_length,
             use_image_features=use_features,
+            use_text_embeddings=None if data_args.cache_text_embeddings else False,
             device=training_args.device,
             autocast_dtype=training_autocast_dtype(training_args),
         )

@@ -26,6 +26,11 @@ class FusionType:
     uses_image_tokens: bool  # reads the feature grid pooled to `num_image_tokens` tokens (else the global average)
     title: str  # short name, e.g. in model card titles
     description: str  # one paragraph for model cards, formatted with the config's attributes
+    # Reads one text vector and one image vector (`MMFusionModel.text_embeddings` / `image_embeddings`): works with
+    # any pair of towers, and with both towers frozen both vectors can be computed once and cached.
+    reads_embeddings: bool = False
+    # Runs image tokens through the text encoder: needs a bidirectional BERT-like text tower.
+    needs_bert_like_text: bool = False
 
 
 FUSIONS = {
@@ -38,15 +43,18 @@ FUSIONS = {
             "tower's embedding space with their own position and modality embeddings, and encoded together with the "
             "caption's tokens by the text transformer (MMBT-style early fusion); the classifier reads the first token."
         ),
+        needs_bert_like_text=True,
     ),
     "concat": FusionType(
         module="MMFusionConcatFusion",
         uses_image_tokens=False,
         title="late-fusion (concat)",
         description=(
-            "Late fusion: the vision tower's pooled features are concatenated with the text tower's pooled output "
-            "and a linear classifier reads the result."
+            "Late fusion: the image embedding is concatenated with the text embedding (the towers' projected "
+            "embeddings for a dual encoder such as CLIP, else their pooled outputs) and a linear classifier reads "
+            "the result."
         ),
+        reads_embeddings=True,
     ),
     "attention": FusionType(
         module="MMFusionAttentionFusion",
@@ -58,8 +66,55 @@ FUSIONS = {
             "the classifier."
         ),
     ),
+    # Interaction and score-level fusions on one text vector and one image vector (issue 11).
+    "cross": FusionType(
+        module="MMFusionCrossFusion",
+        uses_image_tokens=False,
+        title="cross-fusion (Hate-CLIPper)",
+        description=(
+            "Hate-CLIPper's cross fusion (Kumar & Nandakumar, 2022): the text and image embeddings are mapped by "
+            "trainable linear layers to {fusion_map_dim} dimensions and L2-normalised; their outer product (the "
+            "{fusion_map_dim}x{fusion_map_dim} feature interaction matrix), flattened, goes through "
+            "{fusion_num_pre_output_layers} pre-output layer(s) (linear, ReLU, dropout) before the classifier."
+        ),
+        reads_embeddings=True,
+    ),
+    "align": FusionType(
+        module="MMFusionAlignFusion",
+        uses_image_tokens=False,
+        title="align-fusion (Hate-CLIPper)",
+        description=(
+            "Hate-CLIPper's align fusion: the text and image embeddings are mapped by trainable linear layers to "
+            "{fusion_map_dim} dimensions and L2-normalised; their element-wise product goes through "
+            "{fusion_num_pre_output_layers} pre-output layer(s) (linear, ReLU, dropout) before the classifier."
+        ),
+        reads_embeddings=True,
+    ),
+    "late": FusionType(
+        module="MMFusionLateFusion",
+        uses_image_tokens=False,
+        title="late-fusion (score averaging)",
+        description=(
+            "MMF's score-level late fusion: a text head and an image head (each a {fusion_hidden_size}-unit MLP) "
+            "score the example separately and their logits are averaged; no interaction between the modalities."
+        ),
+        reads_embeddings=True,
+    ),
 }
 FUSION_TYPES = tuple(FUSIONS)
+# Towers of contrastive dual encoders (CLIP, SigLIP): their pooled output is the tower's own embedding head (CLIP's
+# [EOS]/[CLS] token after the final LayerNorm, SigLIP's last token / attention-pooling head), not an average of its
+# states, and their text towers are not BERT-like (CLIP's is causal; neither takes token types).
+DUAL_ENCODER_TOWERS = frozenset(
+    {
+        "clip_text_model",
+        "clip_vision_model",
+        "siglip_text_model",
+        "siglip_vision_model",
+        "siglip2_text_model",
+        "siglip2_vision_model",
+    }
+)
 # At most 7x7 image tokens by default: what a ResNet gives at 224 px, and the cost of early fusion grows with it.
 MAX_DEFAULT_IMAGE_GRID = 7
 
@@ -91,6 +146,9 @@ def vision_feature_size(vision_config: PretrainedConfig) -> int:
     return vision_config.hidden_size
 
 
+_PATCH_GRID_TOWERS = {"vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model"}
+
+
 def vision_grid_size(vision_config: PretrainedConfig, image_size: int) -> int | None:
     """Side of the square feature grid the vision tower gives for a square `image_size` input, when known.
 
@@ -104,7 +162,7 @@ def vision_grid_size(vision_config: PretrainedConfig, image_size: int) -> int | 
             side = math.ceil(side / 2)
         return side
     patch_size = getattr(vision_config, "patch_size", None)
-    if isinstance(patch_size, int) and getattr(vision_config, "model_type", "") in {"vit", "deit", "dinov2"}:
+    if isinstance(patch_size, int) and getattr(vision_config, "model_type", "") in _PATCH_GRID_TOWERS:
         return image_size // patch_size
     return None
 
@@ -121,8 +179,10 @@ class MMFusionConfig(PretrainedConfig):
 
     Args:
         text_config (`dict` or `PretrainedConfig`, *optional*):
-            Config of the text tower: any BERT-like encoder (`bert`, `roberta`, `electra`, ...). Defaults to the
-            shape of `bert-base-uncased`.
+            Config of the text tower: any BERT-like encoder (`bert`, `roberta`, `electra`, ...), or for the fusions
+            that read only the pooled text embedding (`concat`, `cross`, `align`, `late`, attention too) any text
+            encoder, e.g. the text tower of a CLIP or SigLIP checkpoint. Defaults to the shape of
+            `bert-base-uncased`.
         vision_config (`dict` or `PretrainedConfig`, *optional*):
             Config of the vision tower: any transformers vision model whose last hidden state is a feature map
             (ResNet, ConvNeXt, ...) or a token sequence (ViT). Defaults to the shape of `microsoft/resnet-50`.
@@ -133,7 +193,10 @@ class MMFusionConfig(PretrainedConfig):
             One of `FUSION_TYPES` (the registry `FUSIONS`). `"early"`: image grid tokens are projected into the text tower's embedding space and run through the
             text encoder together with the caption (MMBT-style). `"concat"`: pooled image features concatenated
             with the text tower's pooled output (late fusion). `"attention"`: both modalities projected to
-            `fusion_hidden_size` and mixed by multi-head attention over the joint token set.
+            `fusion_hidden_size` and mixed by multi-head attention over the joint token set. `"cross"` /
+            `"align"`: Hate-CLIPper's interaction fusions on the text and image embeddings (outer product /
+            element-wise product of their trainable maps). `"late"`: MMF's score-level late fusion (a text head and
+            an image head, logits averaged).
         num_image_tokens (`int`, *optional*):
             Image tokens given to early/attention fusion: the feature grid (7x7 = 49 for a ResNet at 224 px) is
             average-pooled to a `sqrt(n) x sqrt(n)` grid, so `n` must be a square no larger than the grid. Defaults
@@ -145,6 +208,22 @@ class MMFusionConfig(PretrainedConfig):
             Width of the joint space of attention fusion.
         fusion_num_heads (`int`, *optional*, defaults to 8):
             Attention heads of attention fusion.
+        projection_dim (`int`, *optional*):
+            Width of a dual encoder's joint embedding space. When set, the model has `text_projection` and
+            `visual_projection` (linear, no bias, as in CLIP) that map the towers' pooled outputs into it: the text
+            and image embeddings that `concat`, `cross`, `align` and `late` read. `from_text_vision_pretrained` sets
+            it, with the weights, for a CLIP checkpoint; SigLIP's towers carry their heads inside, so it stays unset.
+            The projections belong to their towers (frozen with them).
+        fusion_map_dim (`int`, *optional*, defaults to 32):
+            `cross`/`align`: width of the trainable maps of the text and image embeddings (Hate-CLIPper's
+            `map_dim`; the outer product has `fusion_map_dim**2` entries) and of the pre-output layers.
+        fusion_num_pre_output_layers (`int`, *optional*, defaults to 1):
+            `cross`/`align`: linear + ReLU + dropout layers between the fused features and the classifier.
+        fusion_map_dropout (`float`, *optional*, defaults to 0.1):
+            `cross`/`align`: dropout after the maps (Hate-CLIPper's first dropout).
+        fusion_pre_output_dropout (`float`, *optional*, defaults to 0.4):
+            `cross`/`align`: dropout on the fused features, before the pre-output layers (Hate-CLIPper's second);
+            the dropout after each pre-output layer is `classifier_dropout` (its third).
         classifier_dropout (`float`, *optional*, defaults to 0.1):
             Dropout before the classifier (and inside attention fusion).
         freeze_text_encoder (`bool`, *optional*, defaults to `False`):
@@ -169,6 +248,11 @@ class MMFusionConfig(PretrainedConfig):
         image_size: int = 224,
         fusion_hidden_size: int = 512,
         fusion_num_heads: int = 8,
+        projection_dim: int | None = None,
+        fusion_map_dim: int = 32,
+        fusion_num_pre_output_layers: int = 1,
+        fusion_map_dropout: float = 0.1,
+        fusion_pre_output_dropout: float = 0.4,
         classifier_dropout: float = 0.1,
         freeze_text_encoder: bool = False,
         freeze_vision_encoder: bool = False,
@@ -184,6 +268,11 @@ class MMFusionConfig(PretrainedConfig):
         self.num_image_tokens = num_image_tokens
         self.fusion_hidden_size = fusion_hidden_size
         self.fusion_num_heads = fusion_num_heads
+        self.projection_dim = projection_dim
+        self.fusion_map_dim = fusion_map_dim
+        self.fusion_num_pre_output_layers = fusion_num_pre_output_layers
+        self.fusion_map_dropout = fusion_map_dropout
+        self.fusion_pre_output_dropout = fusion_pre_output_dropout
         self.classifier_dropout = classifier_dropout
         self.freeze_text_encoder = freeze_text_encoder
         self.freeze_vision_encoder = freeze_vision_encoder
@@ -204,6 +293,18 @@ class MMFusionConfig(PretrainedConfig):
     @property
     def vision_feature_size(self) -> int:
         return vision_feature_size(self.vision_config)
+
+    @property
+    def text_embed_dim(self) -> int:
+        """Width of the text embedding (`MMFusionModel.text_embeddings`): projected, else the tower's pooled output."""
+        if self.projection_dim:
+            return self.projection_dim
+        return getattr(self.text_config, "projection_size", None) or self.text_config.hidden_size
+
+    @property
+    def image_embed_dim(self) -> int:
+        """Width of the image embedding (`MMFusionModel.image_embeddings`): projected, else the pooled features."""
+        return self.projection_dim or self.vision_feature_size
 
     def validate_fusion_settings(self) -> None:
         """Fail at construction, with a message that says what to change, rather than deep inside `forward`."""
@@ -235,6 +336,19 @@ class MMFusionConfig(PretrainedConfig):
                 f"num_image_tokens={self.num_image_tokens} asks for more image tokens than the vision tower's "
                 f"{grid}x{grid} feature grid has at image_size={self.image_size} ({grid * grid} at most)."
             )
+        fusion = FUSIONS[self.fusion]
+        if fusion.needs_bert_like_text and self.text_config.model_type in DUAL_ENCODER_TOWERS:
+            working = [name for name, other in FUSIONS.items() if not other.needs_bert_like_text]
+            raise ValueError(
+                f"fusion={self.fusion!r} runs the image tokens through the text encoder, which needs a bidirectional "
+                f"BERT-like encoder taking token types; the {self.text_config.model_type} text tower is not one. "
+                f"With this tower use fusion= {', '.join(working)}."
+            )
+        if self.fusion in ("cross", "align") and (self.fusion_map_dim < 1 or self.fusion_num_pre_output_layers < 0):
+            raise ValueError(
+                f"fusion_map_dim must be >= 1 and fusion_num_pre_output_layers >= 0; got {self.fusion_map_dim} and "
+                f"{self.fusion_num_pre_output_layers}."
+            )
         if self.fusion == "early":
             max_positions = getattr(self.text_config, "max_position_embeddings", None)
             if max_positions is not None and max_positions < 2:
@@ -249,6 +363,7 @@ class MMFusionConfig(PretrainedConfig):
 MMFusionConfig.register_for_auto_class()
 
 __all__ = [
+    "DUAL_ENCODER_TOWERS",
     "FUSIONS",
     "FUSION_TYPES",
     "FusionType",

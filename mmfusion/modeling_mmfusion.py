@@ -1,4 +1,4 @@
-"""mmfusion models: a text tower and a vision tower joined by early, concat or attention fusion.
+"""mmfusion models: a text tower and a vision tower joined by one of the fusions in the registry (`FUSIONS`).
 
 Copied next to every checkpoint (remote code): it imports only torch, transformers and its flat siblings.
 
@@ -12,12 +12,14 @@ sit in the sequence does not matter.
 
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
@@ -25,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_mmfusion import FUSIONS, MMFusionConfig
+from .configuration_mmfusion import DUAL_ENCODER_TOWERS, FUSIONS, MMFusionConfig
 from .torchvision_resnet import load_torchvision_resnet, torchvision_architecture
 
 try:  # transformers' init functions skip weights that were loaded from a checkpoint
@@ -98,6 +100,17 @@ def pool_image_features(image_features: torch.Tensor) -> torch.Tensor:
     if image_features.dim() == 4:
         return image_features.mean(dim=(-2, -1))
     return image_features.mean(dim=1)
+
+
+def pooled_text_output(text_outputs) -> torch.Tensor:
+    """The text tower's output as one vector per caption, before any projection (see `MMFusionModel.text_embeddings`).
+
+    The tower's pooled output where it has one (BERT's pooler over [CLS]; CLIP's [EOS] state after the final
+    LayerNorm; SigLIP's head over the last token), else the first token's state.
+    """
+    # text pooling (issue 14): the one place that turns the text tower's output into one vector
+    pooled = getattr(text_outputs, "pooler_output", None)
+    return pooled if pooled is not None else text_outputs.last_hidden_state[:, 0]
 
 
 def _first_token_or_pooler(text_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
@@ -173,8 +186,8 @@ class MMFusionEarlyFusion(nn.Module):
         return self.dropout(self.image_layer_norm(embeddings))
 
     def forward(self, text_model, text_inputs, image_tokens, output_hidden_states=False, output_attentions=False):
-        input_ids, inputs_embeds = text_inputs["input_ids"], text_inputs["inputs_embeds"]
-        token_type_ids, attention_mask = text_inputs["token_type_ids"], text_inputs["attention_mask"]
+        input_ids, inputs_embeds = text_inputs.get("input_ids"), text_inputs.get("inputs_embeds")
+        token_type_ids, attention_mask = text_inputs.get("token_type_ids"), text_inputs["attention_mask"]
         if inputs_embeds is None:
             inputs_embeds = text_model.get_input_embeddings()(input_ids)
         word_embeddings = inputs_embeds + self.modality_embeddings.weight[TEXT]
@@ -203,31 +216,22 @@ class MMFusionEarlyFusion(nn.Module):
 
 
 class MMFusionConcatFusion(nn.Module):
-    """Late fusion: pooled image features concatenated with the text tower's pooled output (the notebook's Part 1)."""
+    """Late fusion: the image embedding concatenated with the text embedding (the notebook's Part 1).
+
+    Like every fusion that reads embeddings (`FusionType.reads_embeddings`) it takes one text vector and one image
+    vector, `MMFusionModel.text_embeddings` / `image_embeddings`: projected for a dual encoder (CLIP), else the
+    towers' pooled outputs (BERT's pooler, a CNN's global average).
+    """
 
     encodes_image_tokens = False
     uses_text_pooler = True
 
     def __init__(self, config: MMFusionConfig):
         super().__init__()
-        self.output_size = config.vision_feature_size + config.text_hidden_size
+        self.output_size = config.image_embed_dim + config.text_embed_dim
 
-    def forward(self, text_model, text_inputs, image_features, output_hidden_states=False, output_attentions=False):
-        text_outputs = text_model(
-            **text_inputs,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        text_pooled = text_outputs.pooler_output
-        if text_pooled is None:
-            text_pooled = text_outputs.last_hidden_state[:, 0]
-        image_pooled = pool_image_features(image_features).to(text_pooled.dtype)
-        return MMFusionModelOutput(
-            pooler_output=torch.cat([image_pooled, text_pooled], dim=-1),
-            hidden_states=getattr(text_outputs, "hidden_states", None),
-            attentions=getattr(text_outputs, "attentions", None),
-        )
+    def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        return torch.cat([image_embeds.to(text_embeds.dtype), text_embeds], dim=-1)
 
 
 class MMFusionAttentionFusion(nn.Module):
@@ -286,6 +290,101 @@ class MMFusionAttentionFusion(nn.Module):
         )
 
 
+class MMFusionInteractionFusion(nn.Module):
+    """Hate-CLIPper's interaction fusions (Kumar & Nandakumar 2022, github.com/gokulkarthik/hateclipper): trainable
+    linear maps of the text and image embeddings to `fusion_map_dim`, dropout, L2 normalisation, an interaction of
+    the two (`interact`), dropout, then `fusion_num_pre_output_layers` x (linear to `fusion_map_dim`, ReLU, dropout);
+    the classifier (with its `classifier_dropout`) follows in `MMFusionForClassification`."""
+
+    encodes_image_tokens = False
+    uses_text_pooler = True
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        map_dim = config.fusion_map_dim
+        self.text_map = nn.Sequential(nn.Linear(config.text_embed_dim, map_dim), nn.Dropout(config.fusion_map_dropout))
+        self.image_map = nn.Sequential(
+            nn.Linear(config.image_embed_dim, map_dim), nn.Dropout(config.fusion_map_dropout)
+        )
+        width = self.interaction_size(map_dim)
+        layers: list[nn.Module] = [nn.Dropout(config.fusion_pre_output_dropout)]
+        for index in range(config.fusion_num_pre_output_layers):
+            if index:  # the last layer's dropout is the classifier's
+                layers.append(nn.Dropout(config.classifier_dropout))
+            layers += [nn.Linear(width, map_dim), nn.ReLU()]
+            width = map_dim
+        self.pre_output = nn.Sequential(*layers)
+        self.output_size = width
+
+    @staticmethod
+    def interaction_size(map_dim: int) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def interact(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        text = F.normalize(self.text_map(text_embeds), dim=-1)
+        image = F.normalize(self.image_map(image_embeds.to(text.dtype)), dim=-1)
+        return self.pre_output(self.interact(image, text))
+
+
+class MMFusionCrossFusion(MMFusionInteractionFusion):
+    """Hate-CLIPper's cross fusion: the outer product of the mapped image and text embeddings (the "feature
+    interaction matrix", `fusion_map_dim**2` entries), flattened."""
+
+    @staticmethod
+    def interaction_size(map_dim: int) -> int:
+        return map_dim * map_dim
+
+    @staticmethod
+    def interact(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # (B, D, 1) * (B, 1, D): Hate-CLIPper's bmm(image.unsqueeze(2), text.unsqueeze(1)), image rows
+        return (image.unsqueeze(2) * text.unsqueeze(1)).flatten(1)
+
+
+class MMFusionAlignFusion(MMFusionInteractionFusion):
+    """Hate-CLIPper's align fusion: the element-wise product of the mapped image and text embeddings (the diagonal
+    of cross fusion's interaction matrix)."""
+
+    @staticmethod
+    def interaction_size(map_dim: int) -> int:
+        return map_dim
+
+    @staticmethod
+    def interact(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return image * text
+
+
+class MMFusionLateFusion(nn.Module):
+    """MMF's score-level late fusion (`LateFusion`): a text head and an image head, logits averaged.
+
+    Each head is an MLP (linear to `fusion_hidden_size`, ReLU, dropout, then a linear output layer). The two output
+    layers live in the classifier of `MMFusionForClassification`, which reads `[h_text; h_image]`: a linear layer on
+    a concatenation is exactly the average of two per-modality linear layers, `W [h_t; h_i] + b =
+    ((2 W_t h_t + b) + (2 W_i h_i + b)) / 2`, so the logits are the average of the two heads' scores (and the
+    modules keep the base-model / classifier split every fusion has). No interaction between the modalities.
+    """
+
+    encodes_image_tokens = False
+    uses_text_pooler = True
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        width = config.fusion_hidden_size
+        self.text_head = nn.Sequential(
+            nn.Linear(config.text_embed_dim, width), nn.ReLU(), nn.Dropout(config.classifier_dropout)
+        )
+        self.image_head = nn.Sequential(
+            nn.Linear(config.image_embed_dim, width), nn.ReLU(), nn.Dropout(config.classifier_dropout)
+        )
+        self.output_size = 2 * width
+
+    def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.text_head(text_embeds), self.image_head(image_embeds.to(text_embeds.dtype))], dim=-1)
+
+
 # The module class of every fusion in the registry (`configuration_mmfusion.FUSIONS`).
 FUSION_MODULES = {name: globals()[fusion.module] for name, fusion in FUSIONS.items()}
 
@@ -330,29 +429,76 @@ class MMFusionPreTrainedModel(PreTrainedModel):
     ):
         """Build a model whose two towers start from pretrained checkpoints; the fusion layers start fresh.
 
-        `vision_model_name_or_path` is a transformers vision model (`"microsoft/resnet-50"`, a local folder) or
-        `"torchvision/<arch>"` for torchvision's ResNets (resnet18/34/50/101/152): torchvision's default ImageNet
-        weights, or the state dict file given as `torchvision_weights`, converted to the equivalent transformers
-        ResNet. Remaining keyword arguments go to `MMFusionConfig` (`fusion`, `num_labels`, `id2label`, ...).
+        Each path is a transformers text or vision model (`"bert-base-uncased"`, `"microsoft/resnet-50"`, a local
+        folder), or a dual encoder (CLIP, SigLIP: `"openai/clip-vit-large-patch14"`,
+        `"google/siglip-base-patch16-224"`) from which the text path takes the text tower and the vision path the
+        vision tower; the same dual encoder for both gives both towers with their projections into the joint
+        embedding space (CLIP's `text_projection`/`visual_projection`, `projection_dim`), loaded once.
+        `vision_model_name_or_path` may also be `"torchvision/<arch>"` for torchvision's ResNets
+        (resnet18/34/50/101/152): torchvision's default ImageNet weights, or the state dict file given as
+        `torchvision_weights`, converted to the equivalent transformers ResNet. Remaining keyword arguments go to
+        `MMFusionConfig` (`fusion`, `num_labels`, `id2label`, ...); `image_size` defaults to a dual encoder's.
 
         Example:
         ```python
         model = MMFusionForClassification.from_text_vision_pretrained(
             "bert-base-uncased", "microsoft/resnet-50", fusion="early", num_labels=2
         )
+        model = MMFusionForClassification.from_text_vision_pretrained(
+            "openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14", fusion="cross", num_labels=2,
+            freeze_text_encoder=True, freeze_vision_encoder=True,
+        )
         ```
         """
-        text_model = AutoModel.from_pretrained(text_model_name_or_path, **(text_kwargs or {}))
+        loaded = {}  # path -> (config, state dict), so one dual encoder is read once for both towers
+
+        def load(path, kwargs):
+            if path not in loaded:
+                source = AutoModel.from_pretrained(path, **kwargs)
+                loaded[path] = (source.config, source.state_dict())
+            return loaded[path]
+
+        def tower(path, kwargs, role):
+            """(tower config, tower state dict, projection weight or None) from a tower or a dual encoder."""
+            config, state = load(path, kwargs)
+            sub_config = getattr(config, f"{role}_config", None)
+            if sub_config is None or config.model_type == MMFusionConfig.model_type:
+                return config, state, None
+            # The dual encoder's `text_model.*` / `vision_model.*`: the tower's own keys, with the prefix or without
+            # it depending on how the tower class nests its transformer (it changed across transformers versions).
+            prefix = f"{role}_model."
+            tower_keys = _tower_from_config(sub_config).state_dict().keys()
+            tower_state = {
+                (key if key in tower_keys else key[len(prefix) :]): value
+                for key, value in state.items()
+                if key.startswith(prefix)
+            }
+            projection = state.get("text_projection.weight" if role == "text" else "visual_projection.weight")
+            return sub_config, tower_state, projection
+
+        text_config, text_state, text_projection = tower(text_model_name_or_path, text_kwargs or {}, "text")
         architecture = torchvision_architecture(vision_model_name_or_path)
         if architecture:
             vision_model = load_torchvision_resnet(architecture, weights_path=torchvision_weights)
+            vision_config, vision_state, visual_projection = vision_model.config, vision_model.state_dict(), None
         else:
-            vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **(vision_kwargs or {}))
-        config = MMFusionConfig(text_config=text_model.config, vision_config=vision_model.config, **config_kwargs)
+            vision_config, vision_state, visual_projection = tower(
+                vision_model_name_or_path, vision_kwargs or {}, "vision"
+            )
+        if text_projection is not None and visual_projection is not None:
+            config_kwargs.setdefault("projection_dim", text_projection.shape[0])
+        if vision_config.model_type in DUAL_ENCODER_TOWERS:
+            config_kwargs.setdefault("image_size", vision_config.image_size)  # its position embeddings' size
+        config = MMFusionConfig(text_config=text_config, vision_config=vision_config, **config_kwargs)
         model = cls(config)
         towers = model.base_model if model.base_model is not model else model
-        towers.text_model.load_state_dict(_matching_state(text_model, towers.text_model), strict=True)
-        towers.vision_model.load_state_dict(vision_model.state_dict(), strict=True)
+        towers.text_model.load_state_dict(_matching_state(text_state, towers.text_model), strict=True)
+        towers.vision_model.load_state_dict(vision_state, strict=True)
+        if config.projection_dim:
+            if text_projection is None or visual_projection is None:
+                raise ValueError("projection_dim needs both towers from one dual encoder with projections (CLIP).")
+            towers.text_projection.weight.data.copy_(text_projection)
+            towers.visual_projection.weight.data.copy_(visual_projection)
         return model
 
 
@@ -368,6 +514,8 @@ def _tower_from_config(sub_config):
 
     transformers hands the requested implementation to every sub-config, and an attention-free CNN refuses "sdpa".
     """
+    if sub_config.model_type in _TOWERS_AUTO_MODEL_LACKS:
+        return getattr(transformers, _TOWERS_AUTO_MODEL_LACKS[sub_config.model_type])(sub_config)
     try:
         return AutoModel.from_config(sub_config)
     except ValueError as error:
@@ -376,10 +524,16 @@ def _tower_from_config(sub_config):
         return AutoModel.from_config(sub_config, attn_implementation="eager")
 
 
-def _matching_state(source: nn.Module, target: nn.Module) -> dict:
+# Text towers whose pooled output is the last position, trained on captions padded to the full length (SigLIP).
+_FULL_LENGTH_TEXT_TOWERS = {"siglip_text_model", "siglip2_text_model"}
+# Tower configs that transformers' AutoModel does not map to a model class (SigLIP's text towers).
+_TOWERS_AUTO_MODEL_LACKS = {"siglip_text_model": "SiglipTextModel", "siglip2_text_model": "Siglip2TextModel"}
+
+
+def _matching_state(source: dict, target: nn.Module) -> dict:
     """The source tower's weights that the target tower has (attention fusion drops the unused text pooler)."""
     wanted = target.state_dict().keys()
-    return {key: value for key, value in source.state_dict().items() if key in wanted}
+    return {key: value for key, value in source.items() if key in wanted}
 
 
 class MMFusionModel(MMFusionPreTrainedModel):
@@ -393,14 +547,25 @@ class MMFusionModel(MMFusionPreTrainedModel):
         if not fusion_class.uses_text_pooler and getattr(self.text_model, "pooler", None) is not None:
             # e.g. attention fusion reads the token states, not the pooler; an unused module would make DDP complain.
             self.text_model.pooler = None
+        # A dual encoder's projections into its joint embedding space (CLIP's `text_projection` /
+        # `visual_projection`); they belong to their towers and are frozen with them.
+        self.text_projection = self.visual_projection = None
+        if config.projection_dim:
+            self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+            self.visual_projection = nn.Linear(config.vision_feature_size, config.projection_dim, bias=False)
+        # The text inputs the tower's forward names (CLIP's and SigLIP's take neither token types nor embeddings).
+        self._text_input_names = {"input_ids", "attention_mask"} | (
+            {"token_type_ids", "inputs_embeds"} & set(inspect.signature(self.text_model.forward).parameters)
+        )
         self.fusion = fusion_class(config)
         self.post_init()
-        for tower, frozen in (
-            (self.text_model, config.freeze_text_encoder),
-            (self.vision_model, config.freeze_vision_encoder),
+        for modules, frozen in (
+            ((self.text_model, self.text_projection), config.freeze_text_encoder),
+            ((self.vision_model, self.visual_projection), config.freeze_vision_encoder),
         ):
-            if frozen:
-                tower.requires_grad_(False)
+            for module in modules:
+                if frozen and module is not None:
+                    module.requires_grad_(False)
 
     @property
     def output_size(self) -> int:
@@ -431,7 +596,8 @@ class MMFusionModel(MMFusionPreTrainedModel):
 
         `last_hidden_state` is the tower's last hidden state, (B, C, H, W) for CNNs and (B, N, C) for ViT-like towers:
         exactly what `image_features=` accepts, so the features of a frozen tower can be computed once and reused.
-        `pooler_output` is its global average (B, C), what concat fusion reads. `hidden_states` (the tower's, per
+        `pooler_output` is its global average (B, C), or for a dual encoder's tower (CLIP, SigLIP) the tower's own
+        pooled output; `image_embeddings` projects it. `hidden_states` (the tower's, per
         stage or layer) when `output_hidden_states` is set, here or in the config.
         """
         output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states", "vision_config")
@@ -443,10 +609,90 @@ class MMFusionModel(MMFusionPreTrainedModel):
         features = outputs.last_hidden_state
         return BaseModelOutputWithPooling(
             last_hidden_state=features,
-            pooler_output=pool_image_features(features),
+            pooler_output=self._pooled_image_output(features, outputs),
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
         )
+
+    def _pooled_image_output(self, features: torch.Tensor, outputs=None) -> torch.Tensor:
+        """One vector per image before any projection: a dual encoder tower's pooled output, else the average."""
+        if self.config.vision_config.model_type in DUAL_ENCODER_TOWERS:
+            if outputs is None:
+                raise ValueError(
+                    f"The {self.config.vision_config.model_type} tower's pooled output is its own head, not an "
+                    "average of `image_features`: pass `pixel_values` or precomputed `image_embeds`."
+                )
+            return outputs.pooler_output
+        return pool_image_features(features)
+
+    def image_embeddings(
+        self, pixel_values: torch.FloatTensor | None = None, image_features: torch.FloatTensor | None = None
+    ) -> torch.Tensor:
+        """One vector per image, (B, image_embed_dim): the tower's pooled output projected into the joint space
+        (`visual_projection`) when the model has one, else the pooled output itself. What `image_embeds=` takes,
+        so that with a frozen vision tower it can be computed once."""
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("Pass exactly one of `pixel_values` and `image_features`.")
+        if pixel_values is not None:
+            pooled = self.get_image_features(pixel_values, output_hidden_states=False, return_dict=True).pooler_output
+        else:
+            pooled = self._pooled_image_output(image_features)
+        if self.visual_projection is None:
+            return pooled
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
+            return self.visual_projection(pooled)
+
+    def _text_inputs(self, input_ids, attention_mask, token_type_ids, inputs_embeds, pooled: bool = False) -> dict:
+        """The text tower's keyword arguments: those it takes (token types are dropped for towers without them).
+
+        `pooled`: for the caption's pooled embedding only (not its token states)."""
+        if inputs_embeds is not None and "inputs_embeds" not in self._text_input_names:
+            raise ValueError(f"The {self.config.text_config.model_type} text tower does not take `inputs_embeds`.")
+        if attention_mask is None:
+            text = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+        text_config = self.config.text_config
+        if pooled and text_config.model_type in _FULL_LENGTH_TEXT_TOWERS and input_ids is not None:
+            # SigLIP's text tower reads its last position and was trained on captions padded to its full length
+            # without a mask: pad (and re-pad) so that a caption's embedding does not depend on its batch.
+            pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
+            input_ids = torch.where(attention_mask.bool(), input_ids, pad_id)
+            input_ids = F.pad(input_ids, (0, text_config.max_position_embeddings - input_ids.shape[1]), value=pad_id)
+            attention_mask = None
+        given = {
+            "input_ids": input_ids,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
+        return {name: value for name, value in given.items() if value is not None and name in self._text_input_names}
+
+    def _encode_text(self, text_inputs: dict, output_hidden_states=False, output_attentions=False):
+        """(text embeddings, the tower's outputs); see `text_embeddings`."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
+            outputs = self.text_model(
+                **text_inputs,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+                return_dict=True,
+            )
+            embeds = pooled_text_output(outputs)
+            if self.text_projection is not None:
+                embeds = self.text_projection(embeds)
+        return embeds, outputs
+
+    def text_embeddings(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+    ) -> torch.Tensor:
+        """One vector per caption, (B, text_embed_dim): the tower's pooled output (`pooled_text_output`) projected
+        into the joint space (`text_projection`) when the model has one, else the pooled output itself. What
+        `text_embeds=` takes, so that with a frozen text tower it can be computed once."""
+        text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds, pooled=True)
+        return self._encode_text(text_inputs)[0]
 
     @can_return_tuple
     def forward(
@@ -459,6 +705,8 @@ class MMFusionModel(MMFusionPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | list[int] | None = None,
+        text_embeds: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> MMFusionModelOutput | tuple:
         r"""
@@ -469,16 +717,43 @@ class MMFusionModel(MMFusionPreTrainedModel):
         output_hidden_states (`bool` or `list[int]`, *optional*):
             Return the text encoder's hidden states; a list of indices returns only those (the others are `None`).
             Defaults to the config's flag (or the text sub-config's).
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, text_embed_dim)`, *optional*):
+            Precomputed `text_embeddings(...)`, instead of the caption, for the fusions that read embeddings
+            (`concat`, `cross`, `align`, `late`): what a frozen text tower's cache holds.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, image_embed_dim)`, *optional*):
+            Precomputed `image_embeddings(...)`, instead of the image, for the same fusions.
         """
-        if (input_ids is None) == (inputs_embeds is None):
+        reads_embeddings = FUSIONS[self.config.fusion].reads_embeddings
+        if (text_embeds is not None or image_embeds is not None) and not reads_embeddings:
+            raise ValueError(
+                f"fusion={self.config.fusion!r} reads the towers' token states: `text_embeds`/`image_embeds` only "
+                "serve the fusions that read embeddings."
+            )
+        if sum(value is not None for value in (input_ids, inputs_embeds, text_embeds)) != 1:
             raise ValueError(
                 "Pass exactly one of `input_ids` and `inputs_embeds` (use the processor on the caption, even an "
-                "empty one)."
+                "empty one), or precomputed `text_embeds`."
             )
-        if (pixel_values is None) == (image_features is None):
-            raise ValueError("Pass exactly one of `pixel_values` and `image_features` (precomputed features).")
+        if sum(value is not None for value in (pixel_values, image_features, image_embeds)) != 1:
+            raise ValueError(
+                "Pass exactly one of `pixel_values` and `image_features` (precomputed features), or precomputed "
+                "`image_embeds`."
+            )
         output_attentions = _output_flag(output_attentions, self.config, "output_attentions", "text_config")
         output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states", "text_config")
+        if reads_embeddings:
+            return self._fuse_embeddings(
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                pixel_values,
+                image_features,
+                inputs_embeds,
+                text_embeds,
+                image_embeds,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            )
         if attention_mask is None:
             text = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
@@ -497,18 +772,47 @@ class MMFusionModel(MMFusionPreTrainedModel):
         fusion_input = image_features
         if FUSIONS[self.config.fusion].uses_image_tokens:
             fusion_input = image_tokens_from_features(image_features, self.config.num_image_tokens)
-        text_inputs = {
-            "input_ids": input_ids,
-            "inputs_embeds": inputs_embeds,
-            "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids,
-        }
+        text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
         return self.fusion(
             self.text_model,
             text_inputs,
             fusion_input,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+        )
+
+    def _fuse_embeddings(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        pixel_values,
+        image_features,
+        inputs_embeds,
+        text_embeds,
+        image_embeds,
+        output_hidden_states=False,
+        output_attentions=False,
+    ) -> MMFusionModelOutput:
+        """The fusions that read one text vector and one image vector, computed here unless given precomputed."""
+        text_outputs = None
+        if text_embeds is None:
+            text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds, pooled=True)
+            text_embeds, text_outputs = self._encode_text(text_inputs, output_hidden_states, output_attentions)
+        if image_embeds is None:
+            image_embeds = self.image_embeddings(pixel_values=pixel_values, image_features=image_features)
+        if self.training and self.config.modality_dropout > 0:
+            # per example, with probability `modality_dropout`, one of the two embeddings is zeroed
+            batch_size = text_embeds.shape[0]
+            dropped = torch.rand(batch_size, device=text_embeds.device) < self.config.modality_dropout
+            drop_image = dropped & (torch.rand(batch_size, device=text_embeds.device) < 0.5)
+            text_embeds = text_embeds * (~(dropped & ~drop_image)).to(text_embeds.dtype).unsqueeze(-1)
+            image_embeds = image_embeds * (~drop_image).to(image_embeds.dtype).unsqueeze(-1)
+        hidden_states = getattr(text_outputs, "hidden_states", None)
+        return MMFusionModelOutput(
+            pooler_output=self.fusion(text_embeds, image_embeds),
+            hidden_states=hidden_states,
+            attentions=getattr(text_outputs, "attentions", None),
         )
 
     def _drop_modalities(self, image_features, attention_mask):
@@ -548,6 +852,14 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
         """See `MMFusionModel.get_image_features`."""
         return self.mmfusion.get_image_features(pixel_values, **kwargs)
 
+    def text_embeddings(self, *args, **kwargs) -> torch.Tensor:
+        """See `MMFusionModel.text_embeddings`."""
+        return self.mmfusion.text_embeddings(*args, **kwargs)
+
+    def image_embeddings(self, *args, **kwargs) -> torch.Tensor:
+        """See `MMFusionModel.image_embeddings`."""
+        return self.mmfusion.image_embeddings(*args, **kwargs)
+
     @can_return_tuple
     def forward(
         self,
@@ -560,8 +872,14 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | list[int] | None = None,
+        text_embeds: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> MMFusionClassifierOutput | tuple:
+        r"""
+        text_embeds, image_embeds (`torch.FloatTensor`, *optional*):
+            Precomputed `text_embeddings(...)` / `image_embeddings(...)` (see `MMFusionModel.forward`).
+        """
         outputs = self.mmfusion(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -571,6 +889,8 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
             return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))

@@ -57,17 +57,16 @@ def rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return to_uint8(pixels)
 
 
-def default_image_processor(image_size: int = 224):
-    """The notebook's transform as an HF image processor: resize to a square, scale to [0, 1], ImageNet mean/std.
+def default_image_processor(image_size: int = 224, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD):
+    """The notebook's transform as an HF image processor: resize to a square, scale to [0, 1], normalise (ImageNet's
+    mean/std unless given: a CLIP tower wants CLIP's).
 
     Resizing without cropping keeps the whole meme (captions printed near the edges survive).
     """
     from transformers import ViTImageProcessor
 
     return ViTImageProcessor(
-        size={"height": image_size, "width": image_size},
-        image_mean=list(IMAGENET_DEFAULT_MEAN),
-        image_std=list(IMAGENET_DEFAULT_STD),
+        size={"height": image_size, "width": image_size}, image_mean=list(image_mean), image_std=list(image_std)
     )
 
 

@@ -11,11 +11,12 @@ from PIL import Image
 from tiny_models import tiny_model, tiny_processor
 from torch.testing import assert_close
 
+from mmfusion import FUSIONS as REGISTRY
 from mmfusion.data import load_hateful_memes, make_demo_folder
 from mmfusion.training.collator import MMFusionCollator
-from mmfusion.training.inputs import IMAGE_FEATURES, PIXELS, prepare_model_inputs
+from mmfusion.training.inputs import IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, prepare_model_inputs
 
-FUSIONS = ["early", "concat", "attention"]
+FUSIONS = list(REGISTRY)
 
 
 @pytest.fixture()
@@ -47,7 +48,9 @@ def test_cached_features_give_the_uncached_logits(fusion, memes, tmp_path):
     split = load(root, tmp_path)
     model, processor = tiny_model(fusion, freeze_vision_encoder=True).eval(), tiny_processor()
     prepared = prepare_model_inputs(split, processor, model, cache_dir=tmp_path / "inputs")
-    assert IMAGE_FEATURES in prepared.column_names and "image" not in prepared.column_names
+    # fusions that read one vector per modality cache the image embedding, the others the feature map
+    column = IMAGE_EMBEDS if REGISTRY[fusion].reads_embeddings else IMAGE_FEATURES
+    assert column in prepared.column_names and "image" not in prepared.column_names
     indices = [0, 3, 5, 7]
     # Same computation on the same float32 pixels: equal up to float32 round-off (assert_close: rtol 1.3e-6, atol 1e-5).
     assert_close(cached_logits(model, processor, prepared, indices), uncached_logits(model, processor, split, indices))

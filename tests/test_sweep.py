@@ -166,7 +166,13 @@ def test_repository_sweep_preset_is_valid(repo_root):
         assert isinstance(run.get("learning_rate", spec.base.get("learning_rate")), float), run["name"]
 
 
-PRESETS = ["notebook_part1_concat", "notebook_part2_early", "recommended_early", "sentiment_3class"]
+PRESETS = [
+    "notebook_part1_concat",
+    "notebook_part2_early",
+    "recommended_early",
+    "sentiment_3class",
+    "hateful_memes_clip_cross",
+]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -184,6 +190,10 @@ def test_training_presets_parse_with_train_py_arguments(repo_root, preset):
     if preset.startswith("notebook") or preset == "recommended_early":
         assert data_args.dataset == "data/hateful_memes"
         assert model_args.text_model_name_or_path == "bert-base-uncased"
+    if preset == "hateful_memes_clip_cross":
+        assert model_args.fusion == "cross" and model_args.freeze_text_encoder and model_args.freeze_vision_encoder
+        assert model_args.text_model_name_or_path == model_args.vision_model_name_or_path
+        assert data_args.validation_split == "dev_seen"  # model selection never on a test split
     if preset == "sentiment_3class":
         assert data_args.class_names == ["negative", "neutral", "positive"]
         assert training_args.metric_for_best_model == "macro_f1"
@@ -202,3 +212,42 @@ def test_sweep_runs_parse_with_train_py_arguments(repo_root, tmp_path):
         assert training_args.output_dir == str(tmp_path / run["name"])
         assert model_args.fusion == "concat" and data_args.dataset == "demo"
         assert not training_args.load_best_model_at_end
+
+
+SEEDED_STAND_IN = textwrap.dedent(
+    """
+    import json, pathlib, sys
+    import yaml
+
+    config = yaml.safe_load(open(sys.argv[1]))
+    output = pathlib.Path(config["output_dir"])
+    seed = config["seed"]
+    results = {"eval_auroc": 0.80 + 0.01 * seed, "test_auroc": 0.70 + 0.02 * seed, "eval_runtime": 1.0}
+    (output / "all_results.json").write_text(json.dumps(results))
+    (output / "eval_report.md").write_text("# Evaluation report\\n")
+    (output / "README.md").write_text("# Model card\\n")
+    """
+)
+
+
+def test_seeds_repeat_each_run_and_report_mean_and_std_per_split(tmp_path, repo_root):
+    script = tmp_path / "seeded_train.py"
+    script.write_text(SEEDED_STAND_IN)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"fusion": "cross", "learning_rate": 1e-4}))
+    sweep = tmp_path / "seeds.yaml"
+    sweep.write_text(yaml.safe_dump({"base_config": "recipe.yaml", "seeds": [0, 1, 2], "runs": [{"name": "clip"}]}))
+    outcome = run_sweep(sweep, tmp_path / "out", script, echo=False)
+    assert sorted(r.name for r in outcome.ranked) == ["clip_seed0", "clip_seed1", "clip_seed2"]
+    assert all(r.config["fusion"] == "cross" for r in outcome.ranked)  # from base_config
+    summary = json.loads((tmp_path / "out" / "seed_summary.json").read_text())["clip"]
+    assert summary["eval_auroc"]["mean"] == pytest.approx(0.81)
+    assert summary["eval_auroc"]["std"] == pytest.approx(0.01)  # sample std of 0.80, 0.81, 0.82
+    assert summary["test_auroc"]["mean"] == pytest.approx(0.72) and summary["test_auroc"]["std"] == pytest.approx(0.02)
+    assert "eval_runtime" not in summary
+    for seed in range(3):
+        for name in ("eval_report.md", "README.md"):
+            text = (tmp_path / "out" / f"clip_seed{seed}" / name).read_text()
+            assert "| validation | auroc | 0.8100 ± 0.0100 |" in text and "| test | auroc | 0.7200 ± 0.0200 |" in text
+
+    spec = load_sweep(repo_root / "configs" / "hateful_memes_clip_cross_seeds.yaml")
+    assert spec.seeds == [0, 1, 2, 3, 4] and spec.base["fusion"] == "cross"

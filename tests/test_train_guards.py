@@ -3,6 +3,7 @@ split without labels. Real subprocesses, as users run it."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ def test_second_run_into_the_same_folder_refuses_while_the_first_holds_it(
     repo_root, tiny_memes_folder, tiny_train_args, tmp_path
 ):
     output = tmp_path / "run"
-    arguments = ["--dataset", tiny_memes_folder, "--output_dir", output, "--num_train_epochs", "40", *tiny_train_args]
+    arguments = ["--dataset", tiny_memes_folder, "--output_dir", output, "--num_train_epochs", "3", *tiny_train_args]
     first = subprocess.Popen(
         train_command(repo_root, *arguments), cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -30,6 +31,8 @@ def test_second_run_into_the_same_folder_refuses_while_the_first_holds_it(
             assert first.poll() is None, first.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the first run never took the output folder"
             time.sleep(0.05)
+        # Hold the first run where it is (alive, holding the folder) however slowly the second one starts up.
+        first.send_signal(signal.SIGSTOP)
         started = time.monotonic()
         second = subprocess.run(
             train_command(repo_root, *arguments), cwd=repo_root, capture_output=True, text=True, timeout=120
@@ -37,9 +40,10 @@ def test_second_run_into_the_same_folder_refuses_while_the_first_holds_it(
         refused_after = time.monotonic() - started
         assert second.returncode != 0
         assert f"Output folder {output} is in use by another run (PID {first.pid}" in second.stderr
-        assert first.poll() is None, "the second run must not have touched the first"
+        assert "Generating" not in second.stderr  # refused before loading any data
         assert refused_after < 60
     finally:
+        first.send_signal(signal.SIGCONT)
         _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-3000:]
     # the first run's outputs are whole and its lock is gone

@@ -245,11 +245,7 @@ def _sections(config: MMFusionConfig, eval_report: dict, dataset_name: str, base
         for name, flag in (("text tower", config.freeze_text_encoder), ("vision tower", config.freeze_vision_encoder))
         if flag
     ]
-    fusion_description = FUSIONS[config.fusion].description.format(
-        num_image_tokens=config.num_image_tokens,
-        fusion_hidden_size=config.fusion_hidden_size,
-        fusion_num_heads=config.fusion_num_heads,
-    )
+    fusion_description = FUSIONS[config.fusion].description.format(**config.to_dict())
     return {
         "fusion": config.fusion,
         "fusion_description": fusion_description,

@@ -52,8 +52,16 @@ class ModelArguments:
     num_image_tokens: int | None = field(
         default=None, metadata={"help": "Image tokens for early/attention fusion. Default: the grid, at most 49."}
     )
-    fusion_hidden_size: int = 512
+    fusion_hidden_size: int = field(default=512, metadata={"help": "Attention fusion's width; late fusion's heads."})
     fusion_num_heads: int = 8
+    fusion_map_dim: int = field(
+        default=32, metadata={"help": "cross/align: width of the maps of the text and image embeddings (map_dim)."}
+    )
+    fusion_num_pre_output_layers: int = field(
+        default=1, metadata={"help": "cross/align: linear+ReLU+dropout layers before the classifier."}
+    )
+    fusion_map_dropout: float = 0.1
+    fusion_pre_output_dropout: float = 0.4
     classifier_dropout: float = 0.1
     modality_dropout: float = field(
         default=0.0, metadata={"help": "Probability of dropping one modality per training example (off by default)."}
@@ -100,6 +108,13 @@ class DataArguments:
     )
     cache_image_features: bool = field(
         default=True, metadata={"help": "With a frozen vision tower, compute its features once and reuse them."}
+    )
+    cache_text_embeddings: bool = field(
+        default=True,
+        metadata={
+            "help": "With a frozen text tower and a fusion that reads embeddings (concat, cross, align, late), "
+            "compute the caption embeddings once and reuse them."
+        },
     )
     max_train_samples: int | None = None
     max_eval_samples: int | None = None

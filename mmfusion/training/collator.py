@@ -7,21 +7,25 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .inputs import IMAGE_FEATURES, PIXELS
+from .inputs import IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, TEXT_EMBEDS
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
 class MMFusionCollator:
-    """Pads captions to the longest in the batch and turns cached images into `image_features` or `pixel_values`.
+    """Pads captions to the longest in the batch and turns cached images into `image_features` or `pixel_values`;
+    cached embeddings (`text_embeds`, `image_embeds`, see `mmfusion.training.inputs`) go to the model as they are,
+    in place of the captions / images.
 
     Args:
         pad_token_id: the tokenizer's padding id.
         image_mean, image_std, rescale_factor: the image processor's normalisation, applied to cached uint8 pixels.
         pad_to_multiple_of: round the padded length up (8 suits tensor cores; 1 = no rounding).
         blank_image / blank_text: the modality ablation: replace every image by `blank_image_input` (the blank
-            image's cached features or pixels) and/or every caption by `empty_text_ids` (see `mmfusion.evaluation.ablation`).
+            image's cached features, embedding or pixels) and/or every caption by `empty_text_ids` (or, with cached
+            text embeddings, by `blank_text_input`, the empty caption's embedding; see
+            `mmfusion.evaluation.ablation`).
     """
 
     pad_token_id: int
@@ -33,6 +37,7 @@ class MMFusionCollator:
     blank_text: bool = False
     blank_image_input: np.ndarray | None = None
     empty_text_ids: tuple[int, ...] | None = None
+    blank_text_input: np.ndarray | None = None
 
     @classmethod
     def for_processor(cls, processor, **kwargs) -> MMFusionCollator:
@@ -46,7 +51,13 @@ class MMFusionCollator:
             **kwargs,
         )
 
-    def ablated(self, blank_image: bool, blank_text: bool, blank_image_input: np.ndarray | None = None):
+    def ablated(
+        self,
+        blank_image: bool,
+        blank_text: bool,
+        blank_image_input: np.ndarray | None = None,
+        blank_text_input: np.ndarray | None = None,
+    ):
         if blank_image and blank_image_input is None and self.blank_image_input is None:
             raise ValueError("Blanking images needs the blank image's cached input (`blank_image_input`).")
         return replace(
@@ -54,23 +65,32 @@ class MMFusionCollator:
             blank_image=blank_image,
             blank_text=blank_text,
             blank_image_input=blank_image_input if blank_image_input is not None else self.blank_image_input,
+            blank_text_input=blank_text_input if blank_text_input is not None else self.blank_text_input,
         )
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self._pad_text(rows)
         first = rows[0]
-        if IMAGE_FEATURES in first:
+        if TEXT_EMBEDS in first:
+            if self.blank_text and self.blank_text_input is None:
+                raise ValueError("Emptying cached captions needs the empty caption's embedding (`blank_text_input`).")
+            batch = {TEXT_EMBEDS: self._stack(rows, TEXT_EMBEDS, self.blank_text, self.blank_text_input).float()}
+        else:
+            batch = self.pad_text(rows)
+        if IMAGE_EMBEDS in first:
+            batch[IMAGE_EMBEDS] = self._stack(rows, IMAGE_EMBEDS).float()
+        elif IMAGE_FEATURES in first:
             batch[IMAGE_FEATURES] = self._stack(rows, IMAGE_FEATURES).float()
         elif PIXELS in first:
             batch["pixel_values"] = self._normalise(self._stack(rows, PIXELS))
         else:
-            raise KeyError(f"Rows need {IMAGE_FEATURES!r} or {PIXELS!r}; got {sorted(first)}")
+            raise KeyError(f"Rows need {IMAGE_EMBEDS!r}, {IMAGE_FEATURES!r} or {PIXELS!r}; got {sorted(first)}")
         labels = [int(row["label"]) for row in rows] if "label" in first else []
         if labels and min(labels) >= 0:  # unlabeled rows (-1) get no loss
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         return batch
 
-    def _pad_text(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def pad_text(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """The rows' tokens (or, when blanking the text, the empty caption's) padded into a batch."""
         if self.blank_text:
             empty = list(self.empty_text_ids)
             captions = [{"input_ids": empty, "attention_mask": [1] * len(empty), "token_type_ids": [0] * len(empty)}]
@@ -90,9 +110,11 @@ class MMFusionCollator:
             batch[key] = torch.from_numpy(padded)
         return batch
 
-    def _stack(self, rows: list[dict], key: str) -> torch.Tensor:
-        if self.blank_image:
-            stacked = np.broadcast_to(self.blank_image_input, (len(rows), *self.blank_image_input.shape))
+    def _stack(self, rows: list[dict], key: str, blank: bool | None = None, blank_input=None) -> torch.Tensor:
+        blank = self.blank_image if blank is None else blank
+        blank_input = self.blank_image_input if blank_input is None else blank_input
+        if blank:
+            stacked = np.broadcast_to(blank_input, (len(rows), *blank_input.shape))
             return torch.from_numpy(np.ascontiguousarray(stacked))
         return torch.from_numpy(np.stack([np.asarray(row[key]) for row in rows]))
 

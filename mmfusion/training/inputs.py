@@ -5,7 +5,10 @@ every step of every epoch. Here each of those happens once per dataset:
 
 - captions are tokenized once, unpadded (the collator pads each batch to its own longest caption);
 - with a frozen vision tower, its feature maps are computed once (`image_features`, float32) — training then only
-  runs the part that learns;
+  runs the part that learns; for the fusions that read one vector per modality (`concat`, `cross`, `align`,
+  `late`: `FusionType.reads_embeddings`) the image embeddings instead (`image_embeds`, float32 (D,));
+- with a frozen text tower and such a fusion, the text embeddings too (`text_embeds`): with both towers frozen
+  (CLIP + cross fusion, Hate-CLIPper's recipe) an epoch runs the fusion head alone;
 - with a trained vision tower, images are decoded and resized once to uint8 pixels (`pixels`, 4x smaller than
   floats); the collator normalises them on the fly.
 
@@ -28,10 +31,13 @@ import torch
 from datasets import Array3D, Dataset, DatasetDict, Features
 from datasets.fingerprint import Hasher
 
+from ..configuration_mmfusion import FUSIONS
 from ..parallel import image_thread_pool
 from ..processing_mmfusion import MMFusionProcessor, to_rgb, to_uint8
 
 IMAGE_FEATURES = "image_features"
+IMAGE_EMBEDS = "image_embeds"
+TEXT_EMBEDS = "text_embeds"
 PIXELS = "pixels"
 LENGTH = "length"  # caption length in tokens, for the Trainer's length-grouped sampler
 _PIPELINE_VERSION = "1"
@@ -84,7 +90,11 @@ def _map_cached(dataset: Dataset, function, *, fingerprint: str, cache_dir: Path
 def tokenize_captions(
     dataset: Dataset, tokenizer, max_length: int, *, cache_dir: Path | None = None, num_proc: int | None = None
 ) -> Dataset:
-    """Add `input_ids`, `attention_mask` (and `token_type_ids`) without padding, plus their `length`."""
+    """Add `input_ids`, `attention_mask` (and `token_type_ids`) without padding, plus their `length`.
+
+    Captions are truncated to `max_length` or the tokenizer's own limit, whichever is shorter (CLIP's is 77: its
+    text tower has no position beyond)."""
+    max_length = min(max_length, tokenizer.model_max_length)
 
     def tokenize(batch):
         encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -129,7 +139,10 @@ def _map_images(
         raise TypeError(f"the 'image' column must be a datasets.Image feature, got {image_feature!r}")
     undecoded = dataset.cast_column("image", datasets.Image(decode=False))  # paths/bytes: decoded in the threads
     features = Features({name: value for name, value in dataset.features.items() if name != "image"})
-    features[column] = Array3D(shape=shape, dtype=dtype)
+    if len(shape) == 3:
+        features[column] = Array3D(shape=shape, dtype=dtype)
+    else:  # one vector per image (embeddings)
+        features[column] = datasets.List(datasets.Value(dtype), length=shape[0])
 
     def transform(batch, pool):
         arrays = pool.map(lambda value: per_image(image_feature.decode_example(value)), batch["image"])
@@ -170,7 +183,8 @@ def encode_images(
     tower_fingerprint: str | None = None,
     cache_dir: Path | None = None,
 ) -> Dataset:
-    """Replace `image` by the frozen vision tower's feature maps (`image_features`, float32 (C, H, W)).
+    """Replace `image` by the frozen vision tower's feature maps (`image_features`, float32 (C, H, W)), or for a
+    fusion that reads embeddings, by its image embeddings (`image_embeds`, float32 (D,), `model.image_embeddings`).
 
     The tower runs on `device` (default: where it is). With `autocast_dtype` (`torch.bfloat16`/`torch.float16`) it
     runs under `torch.autocast`, as the Trainer runs the uncached forward with `--bf16`/`--fp16`, so the cached
@@ -180,12 +194,14 @@ def encode_images(
     towers = model.base_model
     home = next(towers.vision_model.parameters()).device
     device = torch.device(device) if device is not None else home
+    embeddings = FUSIONS[model.config.fusion].reads_embeddings
+    tower = _tower_with_projection(towers.vision_model, towers.visual_projection)
     fingerprint = Hasher.hash(
         [
-            "image-features",
+            "image-embeddings" if embeddings else "image-features",
             _PIPELINE_VERSION,
             dataset._fingerprint,
-            tower_fingerprint or weights_fingerprint(towers.vision_model),
+            tower_fingerprint or weights_fingerprint(tower),
             _settings_fingerprint(image_processor.to_dict()),
             str(autocast_dtype),
         ]
@@ -197,41 +213,111 @@ def encode_images(
     def features_of(pixel_values: np.ndarray) -> np.ndarray:
         pixel_values = torch.from_numpy(pixel_values).to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            features = model.get_image_features(pixel_values).last_hidden_state
+            if embeddings:
+                features = model.image_embeddings(pixel_values=pixel_values)
+            else:
+                features = model.get_image_features(pixel_values).last_hidden_state
         return features.float().cpu().numpy()
 
-    was_training = towers.vision_model.training
+    was_training = tower.training
     try:
         # Only the tower visits `device` (e.g. the GPU, before the Trainer places the model): where the model lives
         # stays the caller's decision (or the Trainer's, FSDP's, DeepSpeed's). Channels-last weights and inputs are
         # oneDNN's fast convolution layout on CPU (inputs alone: it reorders the weights on every call), fine on GPU.
-        towers.vision_model.to(device, memory_format=torch.channels_last).eval()
+        tower.to(device, memory_format=torch.channels_last).eval()
         return _map_images(
             dataset,
             pixel_values_of,
             features_of,
-            column=IMAGE_FEATURES,
-            shape=_feature_map_shape(features_of, pixel_values_of),
+            column=IMAGE_EMBEDS if embeddings else IMAGE_FEATURES,
+            shape=_sample_shape(features_of, pixel_values_of, 1 if embeddings else 3),
             dtype="float32",
             fingerprint=fingerprint,
             batch_size=batch_size,
             cache_dir=cache_dir,
-            desc="Encoding images with the frozen vision tower (once)",
+            desc=f"Encoding images with the frozen vision tower (once{', embeddings' if embeddings else ''})",
         )
     finally:
-        towers.vision_model.to(home, memory_format=torch.contiguous_format).train(was_training)
+        tower.to(home, memory_format=torch.contiguous_format).train(was_training)
 
 
-def _feature_map_shape(features_of, pixel_values_of) -> tuple[int, int, int]:
+def _tower_with_projection(tower: torch.nn.Module, projection: torch.nn.Module | None) -> torch.nn.Module:
+    """The tower and its projection into a dual encoder's joint space, as one module (moved, hashed together)."""
+    return tower if projection is None else torch.nn.ModuleList([tower, projection])
+
+
+def _sample_shape(features_of, pixel_values_of, ndim: int) -> tuple[int, ...]:
     from PIL import Image
 
     blank = pixel_values_of(Image.new("RGB", (64, 64)))
     sample = features_of(blank[None])[0]
-    if sample.ndim != 3:
+    if sample.ndim != ndim:
         raise ValueError(
-            f"Feature caching stores (C, H, W) feature maps; this vision tower returns shape {sample.shape}."
+            f"Feature caching stores (C, H, W) feature maps; this vision tower returns shape {sample.shape}: "
+            "cache it with a fusion that reads embeddings (concat, cross, align, late), or train on pixels "
+            "(--cache_image_features false)."
         )
     return tuple(int(d) for d in sample.shape)
+
+
+@torch.inference_mode()
+def encode_texts(
+    dataset: Dataset,
+    model,
+    pad_token_id: int,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    tower_fingerprint: str | None = None,
+    cache_dir: Path | None = None,
+) -> Dataset:
+    """Add the frozen text tower's embedding of every tokenized caption (`text_embeds`, float32 (D,),
+    `model.text_embeddings`), for a fusion that reads embeddings. Tokens stay (for `length` and the ablation).
+
+    Each batch is padded by the training collator's own padding, so a tower that reads a fixed position (SigLIP's
+    last) sees what it would see uncached; `device` and `autocast_dtype` as in `encode_images`.
+    """
+    from .collator import MMFusionCollator  # the collator imports this module's column names
+
+    towers = model.base_model
+    tower = _tower_with_projection(towers.text_model, towers.text_projection)
+    home = next(tower.parameters()).device
+    device = torch.device(device) if device is not None else home
+    fingerprint = Hasher.hash(
+        [
+            "text-embeddings",
+            _PIPELINE_VERSION,
+            dataset._fingerprint,
+            tower_fingerprint or weights_fingerprint(tower),
+            pad_token_id,
+            str(autocast_dtype),
+        ]
+    )
+    pad = MMFusionCollator(pad_token_id=pad_token_id).pad_text
+    text_columns = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in dataset.column_names]
+
+    def embed(batch):
+        rows = [dict(zip(text_columns, values)) for values in zip(*(batch[name] for name in text_columns))]
+        inputs = {name: tensor.to(device) for name, tensor in pad(rows).items()}
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            embeds = model.text_embeddings(**inputs)
+        return {TEXT_EMBEDS: embeds.float().cpu().numpy()}
+
+    was_training = tower.training
+    try:
+        tower.to(device).eval()
+        return _map_cached(
+            dataset,
+            embed,
+            fingerprint=fingerprint,
+            cache_dir=cache_dir,
+            batched=True,
+            batch_size=batch_size,
+            desc="Encoding captions with the frozen text tower (once)",
+        )
+    finally:
+        tower.to(home).train(was_training)
 
 
 def resized_uint8_pixels(image_processor, image) -> np.ndarray:
@@ -267,6 +353,7 @@ def prepare_model_inputs(
     *,
     max_length: int = 128,
     use_image_features: bool | None = None,
+    use_text_embeddings: bool | None = None,
     feature_batch_size: int = 32,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -277,18 +364,44 @@ def prepare_model_inputs(
     `use_image_features` defaults to `model.config.freeze_vision_encoder`: features of a tower that is trained would
     go stale after the first step. Features are computed on `device` (default: the tower's) and in the precision
     training runs in, `autocast_dtype` (`training_autocast_dtype(training_args)`); see `encode_images`.
+    `use_text_embeddings` (default: a frozen text tower and a fusion that reads embeddings) adds the text tower's
+    embeddings (`encode_texts`); the collator then passes `text_embeds` instead of the tokens.
     """
+    reads_embeddings = FUSIONS[model.config.fusion].reads_embeddings
     if use_image_features is None:
         use_image_features = model.config.freeze_vision_encoder
     if use_image_features and not model.config.freeze_vision_encoder:
         raise ValueError("Precomputed image features need a frozen vision tower (freeze_vision_encoder=True).")
+    if use_text_embeddings is None:
+        use_text_embeddings = model.config.freeze_text_encoder and reads_embeddings
+    if use_text_embeddings and not (model.config.freeze_text_encoder and reads_embeddings):
+        raise ValueError(
+            "Precomputed text embeddings need a frozen text tower (freeze_text_encoder=True) and a fusion that "
+            f"reads embeddings ({', '.join(name for name, fusion in FUSIONS.items() if fusion.reads_embeddings)})."
+        )
     splits = dataset if isinstance(dataset, DatasetDict) else {None: dataset}
     # hashed once for all splits: it reads every weight of the tower
-    tower_fingerprint = weights_fingerprint(model.base_model.vision_model) if use_image_features else None
+    towers = model.base_model
+    tower_fingerprint = None
+    if use_image_features:
+        tower_fingerprint = weights_fingerprint(_tower_with_projection(towers.vision_model, towers.visual_projection))
+    text_fingerprint = None
+    if use_text_embeddings:
+        text_fingerprint = weights_fingerprint(_tower_with_projection(towers.text_model, towers.text_projection))
 
     prepared = {}
     for name, split in splits.items():
         split = tokenize_captions(split, processor.tokenizer, max_length, cache_dir=cache_dir)
+        if use_text_embeddings:
+            split = encode_texts(
+                split,
+                model,
+                processor.tokenizer.pad_token_id,
+                device=device,
+                autocast_dtype=autocast_dtype,
+                tower_fingerprint=text_fingerprint,
+                cache_dir=cache_dir,
+            )
         if use_image_features:
             split = encode_images(
                 split,
@@ -309,10 +422,13 @@ def prepare_model_inputs(
 
 
 __all__ = [
+    "IMAGE_EMBEDS",
     "IMAGE_FEATURES",
     "LENGTH",
     "PIXELS",
+    "TEXT_EMBEDS",
     "encode_images",
+    "encode_texts",
     "prepare_model_inputs",
     "resize_images",
     "tokenize_captions",

@@ -7,16 +7,21 @@ it, so a flag means the same thing everywhere.
 from __future__ import annotations
 
 import datasets
-from transformers import AutoProcessor, AutoTokenizer
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.utils import logging
 
 from ..checkpoints import check_checkpoint
-from ..configuration_mmfusion import MMFusionConfig
+from ..configuration_mmfusion import DUAL_ENCODER_TOWERS, MMFusionConfig
 from ..data import load_image_text_dataset
 from ..modeling_mmfusion import MMFusionForClassification
 from ..processing_mmfusion import MMFusionProcessor, default_image_processor
+from ..torchvision_resnet import torchvision_architecture
 from .arguments import DataArguments, ModelArguments
 from .presets import small_text_config, small_vision_config
 from .tokenization import train_wordpiece_tokenizer
+
+logger = logging.get_logger(__name__)
 
 VALIDATION_SPLITS = ("validation", "dev_seen", "dev", "val")
 TEST_SPLITS = ("test", "test_seen")
@@ -95,24 +100,56 @@ def limit_samples(dataset: datasets.DatasetDict, splits: dict[str, str | None], 
 
 
 def resolve_image_size(model_args: ModelArguments) -> int:
-    """`--image_size`, else the checkpoint's, else 224 for a pretrained vision tower and 64 for the small one."""
+    """`--image_size`, else the checkpoint's, else a dual encoder's (CLIP's position embeddings fix it), else 224 for
+    a pretrained vision tower and 64 for the small one."""
     if model_args.model_name_or_path:
         check_checkpoint(model_args.model_name_or_path)  # a broken folder fails here, naming the bad file
         return MMFusionConfig.from_pretrained(model_args.model_name_or_path).image_size
-    pretrained_vision = model_args.vision_model_name_or_path is not None
-    return model_args.image_size or (224 if pretrained_vision else 64)
+    if model_args.image_size:
+        return model_args.image_size
+    vision = model_args.vision_model_name_or_path
+    if vision is None:
+        return 64
+    tower_config = dual_encoder_vision_config(vision)
+    return tower_config.image_size if tower_config is not None else 224
+
+
+def dual_encoder_vision_config(vision_model_name_or_path: str):
+    """The vision tower config of a dual encoder checkpoint (CLIP, SigLIP) or of one of its towers; else None."""
+    if torchvision_architecture(vision_model_name_or_path):
+        return None
+    config = AutoConfig.from_pretrained(vision_model_name_or_path)
+    config = getattr(config, "vision_config", None) or config
+    return config if config.model_type in DUAL_ENCODER_TOWERS else None
+
+
+def build_image_processor(vision_model_name_or_path: str | None, image_size: int):
+    """Resize to `image_size` x `image_size` without cropping (captions near a meme's edges survive), then the
+    normalisation the vision checkpoint was trained with (its image processor's mean/std: CLIP's for CLIP, 0.5 for
+    SigLIP); ImageNet's for torchvision, the small random tower and checkpoints that ship no image processor."""
+    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    if vision_model_name_or_path and not torchvision_architecture(vision_model_name_or_path):
+        try:
+            source = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+        except OSError:
+            logger.warning(
+                f"{vision_model_name_or_path} ships no image processor: normalising with ImageNet's mean/std."
+            )
+        else:
+            mean, std = source.image_mean, source.image_std
+    return default_image_processor(image_size, image_mean=mean, image_std=std)
 
 
 def build_processor(model_args: ModelArguments, image_size: int, train_texts) -> MMFusionProcessor:
-    """The checkpoint's processor, the text tower's tokenizer, or (small random tower) a vocabulary learnt from the
-    training captions; images resized to `image_size` without cropping."""
+    """The checkpoint's processor, or the text tower's tokenizer (a dual encoder's: CLIP's, with its 77-token limit)
+    or (small random tower) a vocabulary learnt from the training captions, with `build_image_processor`."""
     if model_args.model_name_or_path:
         return AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     if model_args.text_model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
     else:
         tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size=model_args.tokenizer_vocab_size)
-    return MMFusionProcessor(default_image_processor(image_size), tokenizer)
+    return MMFusionProcessor(build_image_processor(model_args.vision_model_name_or_path, image_size), tokenizer)
 
 
 def build_model(
@@ -135,6 +172,10 @@ def build_model(
         num_image_tokens=model_args.num_image_tokens,  # None: the tower's grid, at most 7x7
         fusion_hidden_size=model_args.fusion_hidden_size,
         fusion_num_heads=model_args.fusion_num_heads,
+        fusion_map_dim=model_args.fusion_map_dim,
+        fusion_num_pre_output_layers=model_args.fusion_num_pre_output_layers,
+        fusion_map_dropout=model_args.fusion_map_dropout,
+        fusion_pre_output_dropout=model_args.fusion_pre_output_dropout,
         classifier_dropout=model_args.classifier_dropout,
         modality_dropout=model_args.modality_dropout,
         freeze_text_encoder=model_args.freeze_text_encoder,
@@ -166,9 +207,11 @@ __all__ = [
     "SPLIT_ROLES",
     "TEST_SPLITS",
     "VALIDATION_SPLITS",
+    "build_image_processor",
     "build_model",
     "build_processor",
     "check_train_split",
+    "dual_encoder_vision_config",
     "is_labeled",
     "limit_samples",
     "load_data",

@@ -23,7 +23,20 @@ subprocess whose output goes to `output_root/name/train.log` (and to the console
 recorded as failed with its exit code. `sweep_results.md` / `.json` / `.csv` in `output_root` rank the runs by the
 metric, like the notebook's "Observations" list.
 
-Usage: `python -m mmfusion.training.sweep SWEEP.yaml [--output-root DIR] [--train-script train.py]`.
+Seeds: with `seeds: [0, 1, 2]` (or `--seeds 0 1 2`) every run is repeated once per seed (`<name>_seed<N>`, train.py's
+`--seed N`), and `seed_summary.md` / `.json` give each run's **mean ± standard deviation** over its seeds for every
+split's metrics (`eval_*`: the validation split, `test_*`: the test split); the same table is appended to each of its
+seeds' evaluation report (`eval_report.md`) and model card (`README.md`). `base_config: configs/recipe.yaml` takes
+the base arguments from a train.py config file (the sweep's `base` wins), so a recipe runs over seeds unchanged:
+
+```yaml
+base_config: configs/hateful_memes_clip_cross.yaml
+seeds: [0, 1, 2, 3, 4]
+runs:
+  - name: clip_cross
+```
+
+Usage: `python -m mmfusion.training.sweep SWEEP.yaml [--output-root DIR] [--train-script train.py] [--seeds N ...]`.
 """
 
 from __future__ import annotations
@@ -59,6 +72,8 @@ RUN_CONFIG = "run_config.yaml"
 TRAIN_LOG = "train.log"
 ALL_RESULTS = "all_results.json"
 RESULTS_STEM = "sweep_results"
+SEED_SUMMARY_STEM = "seed_summary"
+SEED_SECTION_TITLE = "## Across seeds (mean ± standard deviation)"
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 # PyYAML reads `1e-4` (no dot) as a string; such values are turned into floats.
 _FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -71,6 +86,7 @@ class SweepSpec:
     metric: str | None = None
     greater_is_better: bool | None = None
     output_root: str | None = None
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -103,13 +119,19 @@ def load_sweep(source: str | Path | dict) -> SweepSpec:
         data, where = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)), str(path)
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping with `base` and `runs`")
-    unknown = sorted(set(data) - {"base", "runs", "metric", "greater_is_better", "output_root"})
+    known = {"base", "base_config", "runs", "metric", "greater_is_better", "output_root", "seeds"}
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; expected base, runs, metric, "
-            "greater_is_better, output_root"
-        )
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
     base = data.get("base") or {}
+    if data.get("base_config"):
+        config_path = Path(data["base_config"])
+        if not config_path.is_absolute() and not config_path.exists() and not isinstance(source, dict):
+            config_path = Path(source).parent / config_path  # relative to the sweep file
+        base = {**(yaml.safe_load(config_path.read_text()) or {}), **base}
+    seeds = data.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(seed, int) for seed in seeds)):
+        raise ValueError(f"{where}: `seeds` must be a list of integers")
     runs = data.get("runs") or []
     if not isinstance(base, dict):
         raise ValueError(f"{where}: `base` must be a mapping of train.py arguments")
@@ -131,6 +153,7 @@ def load_sweep(source: str | Path | dict) -> SweepSpec:
         metric=data.get("metric"),
         greater_is_better=data.get("greater_is_better"),
         output_root=data.get("output_root"),
+        seeds=seeds,
     )
 
 
@@ -330,6 +353,84 @@ def write_results(
     return paths
 
 
+def expand_seeds(runs: list[dict], seeds: list[int] | None) -> tuple[list[dict], dict[str, str]]:
+    """Each run once per seed (`<name>_seed<N>`, `seed: N`), and which run each expanded name repeats."""
+    if not seeds:
+        return runs, {}
+    expanded, groups = [], {}
+    for run in runs:
+        for seed in seeds:
+            name = f"{run['name']}_seed{seed}"
+            expanded.append({**run, "name": name, "seed": seed})
+            groups[name] = str(run["name"])
+    return expanded, groups
+
+
+def seed_summary(results: list[RunResult], groups: dict[str, str]) -> dict[str, dict]:
+    """Per run repeated over seeds: {metric: {mean, std, n, values}} for its splits' metrics (successful seeds).
+
+    `std` is the sample standard deviation (n - 1), 0 for a single seed."""
+    by_group: dict[str, list[RunResult]] = {}
+    for result in results:
+        if result.status == "ok" and result.name in groups:
+            by_group.setdefault(groups[result.name], []).append(result)
+    summary = {}
+    for group, members in by_group.items():
+        metrics = sorted(
+            {key for member in members for key in member.results if key.startswith(("eval_", "test_"))}
+            - {key for member in members for key in member.results if key.endswith(("_runtime", "_per_second"))}
+        )
+        summary[group] = {}
+        for metric in metrics:
+            values = [v for v in (member.value(metric) for member in members) if v is not None]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            summary[group][metric] = {"mean": mean, "std": std, "n": len(values), "values": values}
+    return summary
+
+
+def render_seed_summary(group: str, metrics: dict[str, dict]) -> str:
+    """One run's mean ± std table, split by split (validation = `eval_*`, test = `test_*`)."""
+    seeds = max((entry["n"] for entry in metrics.values()), default=0)
+    lines = [
+        SEED_SECTION_TITLE,
+        "",
+        f"`{group}` over {seeds} seeds.",
+        "",
+        "| split | metric | mean ± std |",
+        "|---|---|---|",
+    ]
+    for metric, entry in metrics.items():
+        split, name = metric.split("_", 1)
+        split = {"eval": "validation"}.get(split, split)
+        lines.append(f"| {split} | {name} | {entry['mean']:.4f} ± {entry['std']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_seed_summary(output_root: Path, results: list[RunResult], groups: dict[str, str]) -> dict[str, Path]:
+    """`seed_summary.md` / `.json`, and the table appended to each seed's `eval_report.md` and `README.md`."""
+    summary = seed_summary(results, groups)
+    if not summary:
+        return {}
+    paths = {suffix: output_root / f"{SEED_SUMMARY_STEM}.{suffix}" for suffix in ("md", "json")}
+    sections = {group: render_seed_summary(group, metrics) for group, metrics in summary.items()}
+    paths["md"].write_text("\n".join(sections.values()))
+    paths["json"].write_text(json.dumps(_finite_or_none(summary), indent=2, allow_nan=False) + "\n")
+    for result in results:
+        if result.status != "ok" or result.name not in groups:
+            continue
+        for filename in ("eval_report.md", "README.md"):
+            path = Path(result.output_dir) / filename
+            if path.exists():
+                text = path.read_text()
+                if SEED_SECTION_TITLE in text:  # a rerun replaces the section
+                    text = text[: text.index(SEED_SECTION_TITLE)].rstrip() + "\n"
+                path.write_text(text.rstrip() + "\n\n" + sections[groups[result.name]])
+    return paths
+
+
 @dataclass
 class SweepOutcome:
     ranked: list[RunResult]
@@ -353,11 +454,13 @@ def run_sweep(
     dry_run: bool = False,
     echo: bool = True,
     timeout: float | None = None,
+    seeds: list[int] | None = None,
 ) -> SweepOutcome:
     """Run every run of `sweep` (or those named in `only`) one after the other and write the ranked results.
 
     `output_root` defaults to the sweep file's `output_root`, else `outputs/sweeps/<sweep file stem>`. With
     `dry_run`, the run configs are written but nothing runs (runs are `skipped`). `timeout`: seconds per run.
+    `seeds` (default: the sweep file's) repeats every run once per seed and writes the mean ± std summary.
     """
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
     if output_root is None:
@@ -370,6 +473,7 @@ def run_sweep(
         if missing:
             raise ValueError(f"--only: no run named {', '.join(missing)}")
         runs = [r for r in runs if str(r["name"]) in only]
+    runs, groups = expand_seeds(runs, seeds if seeds is not None else spec.seeds)
     results = []
     interrupted = False
     for index, run in enumerate(runs, start=1):
@@ -401,6 +505,7 @@ def run_sweep(
     ranked = rank_runs(results, metric, greater_is_better)
     axes = _varied_keys(runs)
     files = write_results(output_root, ranked, metric, axes, greater_is_better)
+    files.update({f"seed_{suffix}": path for suffix, path in write_seed_summary(output_root, results, groups).items()})
     return SweepOutcome(ranked, metric, greater_is_better, output_root, files, interrupted)
 
 
@@ -416,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
     parser.add_argument("--dry-run", action="store_true", help="write the run configs, run nothing")
     parser.add_argument("--quiet", action="store_true", help="training output to the logs only")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="repeat every run with these seeds; report mean ± std"
+    )
     args = parser.parse_args(argv)
     if not args.dry_run and not Path(args.train_script).is_file():
         parser.error(f"training script not found: {args.train_script}")
@@ -427,9 +535,12 @@ def main(argv: list[str] | None = None) -> int:
         dry_run=args.dry_run,
         echo=not args.quiet,
         timeout=args.timeout,
+        seeds=args.seeds,
     )
     print()
     print(outcome.files["md"].read_text())
+    if "seed_md" in outcome.files:
+        print(outcome.files["seed_md"].read_text())
     print(f"Written: {', '.join(str(p) for p in outcome.files.values())}")
     if outcome.interrupted:
         return 130

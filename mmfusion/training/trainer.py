@@ -13,7 +13,7 @@ from ..evaluation.ablation import ABLATIONS, blank_image
 from ..evaluation.predictions import Predictions, probabilities_from_logits
 from ..files import atomic_write_text
 from .collator import MMFusionCollator
-from .inputs import IMAGE_FEATURES, resized_uint8_pixels
+from .inputs import IMAGE_EMBEDS, IMAGE_FEATURES, TEXT_EMBEDS, resized_uint8_pixels
 
 
 class MMFusionTrainer(Trainer):
@@ -61,20 +61,36 @@ class MMFusionTrainer(Trainer):
     def ablation_probabilities(self, dataset, processor) -> dict[str, np.ndarray]:
         """The same model scored with the image blanked, the caption emptied, and both (see mmfusion.evaluation.ablation)."""
         collator: MMFusionCollator = self.data_collator
-        blank_input = blank_image_input(self.model, processor, uses_features=IMAGE_FEATURES in dataset.column_names)
+        columns = dataset.column_names
+        blank_input = blank_image_input(
+            self.model, processor, uses_features=IMAGE_FEATURES in columns, uses_embeddings=IMAGE_EMBEDS in columns
+        )
+        empty_input = empty_text_input(self.model, collator) if TEXT_EMBEDS in columns else None
         return {
-            name: self.predict_probabilities(dataset, collator.ablated(blank, empty, blank_input))
+            name: self.predict_probabilities(dataset, collator.ablated(blank, empty, blank_input, empty_input))
             for name, (blank, empty) in ABLATIONS.items()
             if blank or empty
         }
 
 
 @torch.inference_mode()
-def blank_image_input(model, processor, uses_features: bool) -> np.ndarray:
-    """The blank image as the prepared dataset stores images: frozen-tower features or resized uint8 pixels."""
+def blank_image_input(model, processor, uses_features: bool, uses_embeddings: bool = False) -> np.ndarray:
+    """The blank image as the prepared dataset stores images: frozen-tower features or embedding, or resized uint8
+    pixels."""
     size = model.config.image_size
-    if uses_features:
+    if uses_features or uses_embeddings:
         pixel_values = processor.image_processor(blank_image((size, size)), return_tensors="pt")["pixel_values"]
-        device = next(model.parameters()).device
-        return model.get_image_features(pixel_values.to(device)).last_hidden_state[0].float().cpu().numpy()
+        pixel_values = pixel_values.to(next(model.parameters()).device)
+        if uses_embeddings:
+            return model.image_embeddings(pixel_values=pixel_values)[0].float().cpu().numpy()
+        return model.get_image_features(pixel_values).last_hidden_state[0].float().cpu().numpy()
     return resized_uint8_pixels(processor.image_processor, blank_image((size, size)))
+
+
+@torch.inference_mode()
+def empty_text_input(model, collator: MMFusionCollator) -> np.ndarray:
+    """The empty caption as cached text embeddings store captions: its embedding, padded as the collator pads."""
+    empty = list(collator.empty_text_ids)
+    inputs = collator.pad_text([{"input_ids": empty, "attention_mask": [1] * len(empty)}])
+    device = next(model.parameters()).device
+    return model.text_embeddings(**{key: value.to(device) for key, value in inputs.items()})[0].float().cpu().numpy()
