@@ -73,6 +73,21 @@ HUB_USER_SCRIPT = textwrap.dedent(
 )
 
 
+def logits_seen_by_a_hub_user(repo_root, tmp_path, folders: list[str]) -> dict[str, list]:
+    """Run HUB_USER_SCRIPT in a process where mmfusion cannot be imported; the logits it got, by folder."""
+    script = tmp_path / "hub_user.py"
+    script.write_text(HUB_USER_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), str(repo_root), *folders],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_hub_user_without_mmfusion_loads_with_trust_remote_code(tmp_path, repo_root):
     expected, folders = {}, []
     image, text = example_pair()
@@ -84,17 +99,7 @@ def test_hub_user_without_mmfusion_loads_with_trust_remote_code(tmp_path, repo_r
         with torch.no_grad():
             expected[str(folder)] = model(**processor(images=image, text=text)).logits
         folders.append(str(folder))
-    script = tmp_path / "hub_user.py"
-    script.write_text(HUB_USER_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, "-I", str(script), str(repo_root), *folders],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = logits_seen_by_a_hub_user(repo_root, tmp_path, folders)
     for folder in folders:
         assert_close(torch.tensor(got[folder]), expected[folder])
 

@@ -15,6 +15,10 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
+# No per-epoch evaluation, checkpoints or predictions: a recipe's test accuracy in the least CI time.
+QUICK_RUN = ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+             "--do_predict", "false", "--disable_tqdm", "true"]  # fmt: skip
+
 
 def run_train(repo_root, args, timeout=300, **popen_kwargs):
     return subprocess.run(
@@ -268,16 +272,7 @@ def test_interaction_fusions_learn_the_xor_task_that_concat_cannot(repo_root, tm
             "0",
             "--output_dir",
             output,
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--do_predict",
-            "false",
-            "--disable_tqdm",
-            "true",
+            *QUICK_RUN,
         ],
         timeout=600,
     )
@@ -300,16 +295,7 @@ def test_demo_recipe_learns_the_xor_task(repo_root, tmp_path):
         [
             "--output_dir",
             output,
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--do_predict",
-            "false",
-            "--disable_tqdm",
-            "true",
+            *QUICK_RUN,
         ],
         timeout=600,
     )

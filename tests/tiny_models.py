@@ -74,6 +74,12 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
 
 
+# The vision tower of both tiny dual encoders: a 2-layer ViT over 4x4 patches of 32 px images.
+TINY_VIT = dict(
+    hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+)
+
+
 def tiny_clip_checkpoint(folder, seed: int = 0):
     """A random CLIPModel (32-px images, 8-px patches, projection_dim 16) with its processor files in `folder`."""
     import torch
@@ -92,14 +98,7 @@ def tiny_clip_checkpoint(folder, seed: int = 0):
             eos_token_id=1,
             pad_token_id=1,
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=TINY_VIT,
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -129,14 +128,7 @@ def tiny_siglip_checkpoint(folder, seed: int = 0):
             max_position_embeddings=16,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=TINY_VIT,
     )
     torch.manual_seed(seed)
     model = SiglipModel(config).eval()
