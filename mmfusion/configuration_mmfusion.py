@@ -24,6 +24,8 @@ class FusionType:
     uses_image_tokens: bool  # reads the feature grid pooled to `num_image_tokens` tokens (else the global average)
     title: str  # short name, e.g. in model card titles
     description: str  # one paragraph for model cards, formatted with the config's attributes
+    needs_text: bool = True  # False: no text tower is built and the caption is not needed
+    needs_image: bool = True  # False: no vision tower is built and no image input is needed
 
 
 FUSIONS = {
@@ -56,8 +58,34 @@ FUSIONS = {
             "the classifier."
         ),
     ),
+    # Unimodal baselines (the Hateful Memes paper's Text BERT / Image-Grid, MMF's unimodal_text / unimodal_image):
+    # what the fused model must beat, trained the same way.
+    "text": FusionType(
+        module="MMFusionTextOnly",
+        uses_image_tokens=False,
+        title="text-only",
+        description=(
+            "Unimodal text baseline: the text tower alone ({text_pooling} pooling of the caption) and a linear "
+            "classifier; no image is read."
+        ),
+        needs_image=False,
+    ),
+    "image": FusionType(
+        module="MMFusionImageOnly",
+        uses_image_tokens=False,
+        title="image-only",
+        description=(
+            "Unimodal image baseline: the vision tower's globally averaged features and a linear classifier; no "
+            "caption is read."
+        ),
+        needs_text=False,
+    ),
 }
 FUSION_TYPES = tuple(FUSIONS)
+# How fusions that read one vector for the caption get it from the text tower: "pooler" (the tower's pooler, the
+# first token's state where it has none), "cls" (the first token's last hidden state), "mean" (mean over the real
+# tokens, what sentence-transformers models such as all-MiniLM-L6-v2 were trained with).
+TEXT_POOLINGS = ("pooler", "cls", "mean")
 # At most 7x7 image tokens by default: what a ResNet gives at 224 px, and the cost of early fusion grows with it.
 MAX_DEFAULT_IMAGE_GRID = 7
 
@@ -153,6 +181,11 @@ class MMFusionConfig(PretrainedConfig):
         modality_dropout (`float`, *optional*, defaults to 0.0):
             During training, the probability that an example loses one of its two modalities (image features zeroed
             or caption reduced to its first token), so that neither modality can carry the model alone.
+        text_pooling (`str`, *optional*, defaults to `"pooler"`):
+            How fusions that read one vector for the caption (`early`, `concat`, `text`) get it: `"pooler"` (the
+            text tower's pooler; its first token where it has none), `"cls"` (the first token's state) or `"mean"`
+            (mean over the caption's real tokens). `from_text_vision_pretrained` defaults it to the pooling a
+            sentence-transformers checkpoint was trained with.
     """
 
     model_type = "mmfusion"
@@ -171,6 +204,7 @@ class MMFusionConfig(PretrainedConfig):
         freeze_text_encoder: bool = False,
         freeze_vision_encoder: bool = False,
         modality_dropout: float = 0.0,
+        text_pooling: str = "pooler",
         **kwargs,
     ):
         self.text_config = _as_config(text_config, BertConfig.model_type)
@@ -186,6 +220,7 @@ class MMFusionConfig(PretrainedConfig):
         self.freeze_text_encoder = freeze_text_encoder
         self.freeze_vision_encoder = freeze_vision_encoder
         self.modality_dropout = modality_dropout
+        self.text_pooling = text_pooling
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
         if self.id2label and not self.label2id:
@@ -217,6 +252,8 @@ class MMFusionConfig(PretrainedConfig):
             )
         if getattr(self.text_config, "is_decoder", False):
             raise ValueError("The text tower must be a bidirectional encoder; got a config with is_decoder=True.")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}; got {self.text_pooling!r}.")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}.")
         side = math.isqrt(max(self.num_image_tokens, 0))
@@ -248,6 +285,7 @@ __all__ = [
     "FUSIONS",
     "FUSION_TYPES",
     "FusionType",
+    "TEXT_POOLINGS",
     "MMFusionConfig",
     "default_num_image_tokens",
     "vision_feature_size",

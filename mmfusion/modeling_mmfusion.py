@@ -100,9 +100,30 @@ def pool_image_features(image_features: torch.Tensor) -> torch.Tensor:
     return image_features.mean(dim=1)
 
 
-def _first_token_or_pooler(text_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
-    pooler = getattr(text_model, "pooler", None)
-    return pooler(sequence_output) if pooler is not None else sequence_output[:, 0]
+def pool_text(
+    text_model: nn.Module,
+    last_hidden_state: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pooler_output: torch.Tensor | None = None,
+    pooling: str = "pooler",
+) -> torch.Tensor:
+    """The one vector a fusion reads for the caption (`config.text_pooling`); every such fusion calls this.
+
+    `last_hidden_state` holds the caption's tokens first (early fusion passes its caption positions only),
+    `attention_mask` marks the real ones. "pooler": `pooler_output` when the tower gave one, else the tower's pooler
+    on the states, else the first token; "cls": the first token's state; "mean": the mean over the real tokens
+    (sentence-transformers' pooling).
+    """
+    if pooling == "mean":
+        keep = attention_mask[:, : last_hidden_state.shape[1]].unsqueeze(-1).to(last_hidden_state.dtype)
+        return (last_hidden_state * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+    if pooling == "pooler":
+        if pooler_output is not None:
+            return pooler_output
+        pooler = getattr(text_model, "pooler", None)
+        if pooler is not None:
+            return pooler(last_hidden_state)
+    return last_hidden_state[:, 0]
 
 
 def select_hidden_states(hidden_states: tuple, output_hidden_states) -> tuple:
@@ -163,6 +184,7 @@ class MMFusionEarlyFusion(nn.Module):
         self.image_layer_norm = nn.LayerNorm(hidden_size, eps=getattr(text_config, "layer_norm_eps", 1e-12))
         self.dropout = nn.Dropout(getattr(text_config, "hidden_dropout_prob", 0.1))
         self.output_size = hidden_size
+        self.text_pooling = config.text_pooling
 
     def embed_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
         embeddings = (
@@ -194,8 +216,9 @@ class MMFusionEarlyFusion(nn.Module):
         if output_hidden_states is not None and output_hidden_states is not False:
             hidden_states = select_hidden_states((joint, *recorded["hidden_states"]), output_hidden_states)
         attentions = tuple(recorded["attentions"]) if output_attentions else None
+        caption_states = sequence_output[:, : attention_mask.shape[1]]
         return MMFusionModelOutput(
-            pooler_output=_first_token_or_pooler(text_model, sequence_output),
+            pooler_output=pool_text(text_model, caption_states, attention_mask, None, self.text_pooling),
             last_hidden_state=sequence_output,
             hidden_states=hidden_states,
             attentions=attentions,
@@ -211,6 +234,7 @@ class MMFusionConcatFusion(nn.Module):
     def __init__(self, config: MMFusionConfig):
         super().__init__()
         self.output_size = config.vision_feature_size + config.text_hidden_size
+        self.text_pooling = config.text_pooling
 
     def forward(self, text_model, text_inputs, image_features, output_hidden_states=False, output_attentions=False):
         text_outputs = text_model(
@@ -219,9 +243,13 @@ class MMFusionConcatFusion(nn.Module):
             output_attentions=output_attentions,
             return_dict=True,
         )
-        text_pooled = text_outputs.pooler_output
-        if text_pooled is None:
-            text_pooled = text_outputs.last_hidden_state[:, 0]
+        text_pooled = pool_text(
+            text_model,
+            text_outputs.last_hidden_state,
+            text_inputs["attention_mask"],
+            getattr(text_outputs, "pooler_output", None),
+            self.text_pooling,
+        )
         image_pooled = pool_image_features(image_features).to(text_pooled.dtype)
         return MMFusionModelOutput(
             pooler_output=torch.cat([image_pooled, text_pooled], dim=-1),
@@ -286,6 +314,53 @@ class MMFusionAttentionFusion(nn.Module):
         )
 
 
+class MMFusionTextOnly(nn.Module):
+    """Unimodal text baseline: the text tower's pooled caption (`text_pooling`) is what the classifier reads."""
+
+    encodes_image_tokens = False
+    uses_text_pooler = True
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        self.output_size = config.text_hidden_size
+        self.text_pooling = config.text_pooling
+
+    def forward(self, text_model, text_inputs, image_features, output_hidden_states=False, output_attentions=False):
+        text_outputs = text_model(
+            **text_inputs,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        pooled = pool_text(
+            text_model,
+            text_outputs.last_hidden_state,
+            text_inputs["attention_mask"],
+            getattr(text_outputs, "pooler_output", None),
+            self.text_pooling,
+        )
+        return MMFusionModelOutput(
+            pooler_output=pooled,
+            last_hidden_state=text_outputs.last_hidden_state,
+            hidden_states=getattr(text_outputs, "hidden_states", None),
+            attentions=getattr(text_outputs, "attentions", None),
+        )
+
+
+class MMFusionImageOnly(nn.Module):
+    """Unimodal image baseline: the vision tower's globally averaged features are what the classifier reads."""
+
+    encodes_image_tokens = False
+    uses_text_pooler = False
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        self.output_size = config.vision_feature_size
+
+    def forward(self, text_model, text_inputs, image_features, output_hidden_states=False, output_attentions=False):
+        return MMFusionModelOutput(pooler_output=pool_image_features(image_features))
+
+
 # The module class of every fusion in the registry (`configuration_mmfusion.FUSIONS`).
 FUSION_MODULES = {name: globals()[fusion.module] for name, fusion in FUSIONS.items()}
 
@@ -348,12 +423,57 @@ class MMFusionPreTrainedModel(PreTrainedModel):
             vision_model = load_torchvision_resnet(architecture, weights_path=torchvision_weights)
         else:
             vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **(vision_kwargs or {}))
+        if "text_pooling" not in config_kwargs:
+            pooling = sentence_transformers_pooling(text_model_name_or_path)
+            if pooling is not None:
+                config_kwargs["text_pooling"] = pooling
         config = MMFusionConfig(text_config=text_model.config, vision_config=vision_model.config, **config_kwargs)
         model = cls(config)
         towers = model.base_model if model.base_model is not model else model
-        towers.text_model.load_state_dict(_matching_state(text_model, towers.text_model), strict=True)
-        towers.vision_model.load_state_dict(vision_model.state_dict(), strict=True)
+        if towers.text_model is not None:
+            towers.text_model.load_state_dict(_matching_state(text_model, towers.text_model), strict=True)
+        if towers.vision_model is not None:
+            towers.vision_model.load_state_dict(vision_model.state_dict(), strict=True)
         return model
+
+
+def sentence_transformers_pooling(name_or_path: str) -> str | None:
+    """The `text_pooling` a sentence-transformers checkpoint was trained with (its `modules.json` and pooling
+    module's `config.json`), or None for other checkpoints. Local folders and Hub repos (cache or download)."""
+    import json
+
+    from transformers.utils import cached_file
+
+    def read_json(filename):
+        try:
+            path = cached_file(
+                name_or_path,
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        except OSError:
+            return None
+        if path is None:
+            return None
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+
+    modules = read_json("modules.json")
+    if not isinstance(modules, list):
+        return None
+    folder = next((m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    if folder is None:
+        return None
+    settings = read_json(f"{folder}/config.json") or {}
+    mode = settings.get("pooling_mode")  # newer sentence-transformers write one string
+    if mode in ("mean", "cls"):
+        return mode
+    if settings.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if settings.get("pooling_mode_cls_token"):
+        return "cls"
+    return None  # max pooling and the like: no equivalent here, keep the default
 
 
 def _output_flag(value, config: MMFusionConfig, name: str, tower: str):
@@ -387,10 +507,13 @@ class MMFusionModel(MMFusionPreTrainedModel):
 
     def __init__(self, config: MMFusionConfig):
         super().__init__(config)
-        self.text_model = _tower_from_config(config.text_config)
-        self.vision_model = _tower_from_config(config.vision_config)
+        fusion_type = FUSIONS[config.fusion]
+        # Unimodal baselines build only the tower they read (no unused weights to save, load or leave gradient-less).
+        self.text_model = _tower_from_config(config.text_config) if fusion_type.needs_text else None
+        self.vision_model = _tower_from_config(config.vision_config) if fusion_type.needs_image else None
         fusion_class = FUSION_MODULES[config.fusion]
-        if not fusion_class.uses_text_pooler and getattr(self.text_model, "pooler", None) is not None:
+        reads_pooler = fusion_class.uses_text_pooler and config.text_pooling == "pooler"
+        if not reads_pooler and getattr(self.text_model, "pooler", None) is not None:
             # e.g. attention fusion reads the token states, not the pooler; an unused module would make DDP complain.
             self.text_model.pooler = None
         self.fusion = fusion_class(config)
@@ -399,7 +522,7 @@ class MMFusionModel(MMFusionPreTrainedModel):
             (self.text_model, config.freeze_text_encoder),
             (self.vision_model, config.freeze_vision_encoder),
         ):
-            if frozen:
+            if frozen and tower is not None:
                 tower.requires_grad_(False)
 
     @property
@@ -410,17 +533,20 @@ class MMFusionModel(MMFusionPreTrainedModel):
         # Frozen towers stay in eval mode: no dropout noise and, above all, no BatchNorm statistics drifting away
         # from the weights (which would also make precomputed image features stale).
         super().train(mode)
-        if self.config.freeze_text_encoder:
+        if self.config.freeze_text_encoder and self.text_model is not None:
             self.text_model.eval()
-        if self.config.freeze_vision_encoder:
+        if self.config.freeze_vision_encoder and self.vision_model is not None:
             self.vision_model.eval()
         return self
 
     def get_input_embeddings(self) -> nn.Module:
-        """The text tower's word embeddings (what `resize_token_embeddings` resizes after tokens are added)."""
-        return self.text_model.get_input_embeddings()
+        """The text tower's word embeddings (what `resize_token_embeddings` resizes after tokens are added); None
+        for the image-only baseline, which has no text tower."""
+        return self.text_model.get_input_embeddings() if self.text_model is not None else None
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        if self.text_model is None:
+            raise ValueError("The image-only baseline (fusion='image') has no text tower.")
         self.text_model.set_input_embeddings(value)
 
     @can_return_tuple
@@ -434,6 +560,8 @@ class MMFusionModel(MMFusionPreTrainedModel):
         `pooler_output` is its global average (B, C), what concat fusion reads. `hidden_states` (the tower's, per
         stage or layer) when `output_hidden_states` is set, here or in the config.
         """
+        if self.vision_model is None:
+            raise ValueError("The text-only baseline (fusion='text') has no vision tower.")
         output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states", "vision_config")
         needs_grad = torch.is_grad_enabled() and not self.config.freeze_vision_encoder
         with torch.set_grad_enabled(needs_grad):
@@ -470,19 +598,25 @@ class MMFusionModel(MMFusionPreTrainedModel):
             Return the text encoder's hidden states; a list of indices returns only those (the others are `None`).
             Defaults to the config's flag (or the text sub-config's).
         """
-        if (input_ids is None) == (inputs_embeds is None):
+        fusion_type = FUSIONS[self.config.fusion]
+        # The unimodal baselines ignore (and do not need) the other modality's inputs.
+        if fusion_type.needs_text and (input_ids is None) == (inputs_embeds is None):
             raise ValueError(
                 "Pass exactly one of `input_ids` and `inputs_embeds` (use the processor on the caption, even an "
                 "empty one)."
             )
-        if (pixel_values is None) == (image_features is None):
+        if fusion_type.needs_image and (pixel_values is None) == (image_features is None):
             raise ValueError("Pass exactly one of `pixel_values` and `image_features` (precomputed features).")
         output_attentions = _output_flag(output_attentions, self.config, "output_attentions", "text_config")
         output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states", "text_config")
-        if attention_mask is None:
+        if not fusion_type.needs_text:
+            input_ids = inputs_embeds = attention_mask = token_type_ids = None
+        elif attention_mask is None:
             text = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
-        if image_features is None:
+        if not fusion_type.needs_image:
+            image_features = None
+        elif image_features is None:
             image_features = self.get_image_features(
                 pixel_values, output_hidden_states=False, return_dict=True
             ).last_hidden_state
@@ -491,7 +625,8 @@ class MMFusionModel(MMFusionPreTrainedModel):
                 "image_features must be a tensor: pass `get_image_features(pixel_values).last_hidden_state`, not "
                 f"the {type(image_features).__name__} itself."
             )
-        if self.training and self.config.modality_dropout > 0:
+        bimodal = fusion_type.needs_text and fusion_type.needs_image
+        if self.training and self.config.modality_dropout > 0 and bimodal:
             image_features, attention_mask = self._drop_modalities(image_features, attention_mask)
 
         fusion_input = image_features
@@ -611,4 +746,6 @@ __all__ = [
     "FUSION_MODULES",
     "image_tokens_from_features",
     "pool_image_features",
+    "pool_text",
+    "sentence_transformers_pooling",
 ]

@@ -104,9 +104,9 @@ def test_saved_configs_with_explicit_image_tokens_keep_loading(tmp_path):
 
 
 def test_the_fusion_registry_drives_validation_and_the_model():
-    assert FUSION_TYPES == tuple(FUSIONS) == ("early", "concat", "attention")
+    assert FUSION_TYPES == tuple(FUSIONS) == ("early", "concat", "attention", "text", "image")
     for name, fusion in FUSIONS.items():
         assert FUSION_MODULES[name].__name__ == fusion.module
         assert fusion.title and fusion.description.format(**tiny_config(name).to_dict())
-    with pytest.raises(ValueError, match="expected one of early, concat, attention"):
+    with pytest.raises(ValueError, match="expected one of early, concat, attention, text, image"):
         tiny_config("late")

@@ -249,6 +249,7 @@ def _sections(config: MMFusionConfig, eval_report: dict, dataset_name: str, base
         num_image_tokens=config.num_image_tokens,
         fusion_hidden_size=config.fusion_hidden_size,
         fusion_num_heads=config.fusion_num_heads,
+        text_pooling=getattr(config, "text_pooling", "pooler"),
     )
     return {
         "fusion": config.fusion,

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..checkpoints import check_checkpoint
+from ..configuration_mmfusion import FUSIONS
 from ..evaluation.predictions import Predictions, prediction_record, probabilities_from_logits
 from .backends import (
     BACKENDS,
@@ -157,7 +158,12 @@ class MMFusionPredictor:
         return np.concatenate(chunks)
 
     def _probabilities(self, images: Sequence[ImageInput], texts: Sequence[str | None]) -> np.ndarray:
-        pil_images = [load_image(image) for image in images]
+        # The text-only baseline reads no image: images may be None there (and are not even opened).
+        fusion = FUSIONS.get(getattr(self.config, "fusion", None))
+        needs_image = (
+            fusion is None or fusion.needs_image or "pixel_values" in getattr(self.backend, "input_names", ())
+        )
+        pil_images = [load_image(image) for image in images] if needs_image else None
         captions = ["" if text is None else str(text) for text in texts]
         inputs = self.processor(images=pil_images, text=captions, return_tensors=self.backend.return_tensors)
         return probabilities_from_logits(self.backend.logits(inputs), getattr(self.config, "problem_type", None))
