@@ -186,6 +186,12 @@ class MMFusionConfig(PretrainedConfig):
             text tower's pooler; its first token where it has none), `"cls"` (the first token's state) or `"mean"`
             (mean over the caption's real tokens). `from_text_vision_pretrained` defaults it to the pooling a
             sentence-transformers checkpoint was trained with.
+        image_gate (`bool`, *optional*, defaults to `False`):
+            Early and attention fusion: scale the image tokens by `tanh(g)`, a learned scalar that starts at 0, so
+            training starts from the text tower's own behaviour and lets the image in only as far as it helps
+            (attention fusion then also reads the caption's tokens only, which attend to the image tokens). `False`
+            (the default, and what configs saved before this option mean) adds the image tokens ungated.
+            `from_text_vision_pretrained` (and so `train.py` with a pretrained text tower) turns it on.
     """
 
     model_type = "mmfusion"
@@ -205,6 +211,7 @@ class MMFusionConfig(PretrainedConfig):
         freeze_vision_encoder: bool = False,
         modality_dropout: float = 0.0,
         text_pooling: str = "pooler",
+        image_gate: bool = False,
         **kwargs,
     ):
         self.text_config = _as_config(text_config, BertConfig.model_type)
@@ -221,6 +228,7 @@ class MMFusionConfig(PretrainedConfig):
         self.freeze_vision_encoder = freeze_vision_encoder
         self.modality_dropout = modality_dropout
         self.text_pooling = text_pooling
+        self.image_gate = image_gate
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
         if self.id2label and not self.label2id:

@@ -185,6 +185,8 @@ class MMFusionEarlyFusion(nn.Module):
         self.dropout = nn.Dropout(getattr(text_config, "hidden_dropout_prob", 0.1))
         self.output_size = hidden_size
         self.text_pooling = config.text_pooling
+        # Zero-initialised (see `_init_weights`): the image tokens enter as zeros and grow only as training wants.
+        self.image_gate = nn.Parameter(torch.zeros(1)) if config.image_gate else None
 
     def embed_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
         embeddings = (
@@ -192,7 +194,8 @@ class MMFusionEarlyFusion(nn.Module):
             + self.image_position_embeddings.weight
             + self.modality_embeddings.weight[IMAGE]
         )
-        return self.dropout(self.image_layer_norm(embeddings))
+        embeddings = self.dropout(self.image_layer_norm(embeddings))
+        return embeddings * torch.tanh(self.image_gate) if self.image_gate is not None else embeddings
 
     def forward(self, text_model, text_inputs, image_tokens, output_hidden_states=False, output_attentions=False):
         input_ids, inputs_embeds = text_inputs["input_ids"], text_inputs["inputs_embeds"]
@@ -277,6 +280,9 @@ class MMFusionAttentionFusion(nn.Module):
         )
         self.layer_norm = nn.LayerNorm(width)
         self.output_size = width
+        # Zero-initialised gate on the image tokens; with it the output is the mean over the caption's tokens only
+        # (which attend to the image tokens), so training starts from the text tower's states.
+        self.image_gate = nn.Parameter(torch.zeros(1)) if config.image_gate else None
 
     def forward(self, text_model, text_inputs, image_tokens, output_hidden_states=False, output_attentions=False):
         text_outputs = text_model(
@@ -292,6 +298,8 @@ class MMFusionAttentionFusion(nn.Module):
             + self.image_position_embeddings.weight
             + self.modality_embeddings.weight[IMAGE]
         )
+        if self.image_gate is not None:
+            image = image * torch.tanh(self.image_gate)
         joint = torch.cat([text, image], dim=1)
         is_padding = torch.cat([attention_mask == 0, attention_mask.new_zeros(image.shape[:2], dtype=torch.bool)], 1)
         attended, weights = self.attention(
@@ -304,6 +312,8 @@ class MMFusionAttentionFusion(nn.Module):
         )
         joint = self.layer_norm(joint + attended)
         keep = (~is_padding).unsqueeze(-1).to(joint.dtype)
+        if self.image_gate is not None:
+            keep[:, text.shape[1] :] = 0  # read the caption's tokens
         pooled = (joint * keep).sum(dim=1) / keep.sum(dim=1)
         return MMFusionModelOutput(
             pooler_output=pooled,
@@ -391,6 +401,8 @@ class MMFusionPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, (MMFusionEarlyFusion, MMFusionAttentionFusion)):
             init.zeros_(module.modality_embeddings.weight)
+            if module.image_gate is not None:
+                init.zeros_(module.image_gate)
 
     @classmethod
     def from_text_vision_pretrained(
@@ -408,7 +420,8 @@ class MMFusionPreTrainedModel(PreTrainedModel):
         `vision_model_name_or_path` is a transformers vision model (`"microsoft/resnet-50"`, a local folder) or
         `"torchvision/<arch>"` for torchvision's ResNets (resnet18/34/50/101/152): torchvision's default ImageNet
         weights, or the state dict file given as `torchvision_weights`, converted to the equivalent transformers
-        ResNet. Remaining keyword arguments go to `MMFusionConfig` (`fusion`, `num_labels`, `id2label`, ...).
+        ResNet. Remaining keyword arguments go to `MMFusionConfig` (`fusion`, `num_labels`, `id2label`, ...);
+        `image_gate` defaults to True here and `text_pooling` to a sentence-transformers checkpoint's own pooling.
 
         Example:
         ```python
@@ -423,6 +436,8 @@ class MMFusionPreTrainedModel(PreTrainedModel):
             vision_model = load_torchvision_resnet(architecture, weights_path=torchvision_weights)
         else:
             vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **(vision_kwargs or {}))
+        # Fresh fusion layers must not spoil what the pretrained text tower knows: the image tokens start gated off.
+        config_kwargs.setdefault("image_gate", True)
         if "text_pooling" not in config_kwargs:
             pooling = sentence_transformers_pooling(text_model_name_or_path)
             if pooling is not None:

@@ -149,3 +149,39 @@ def test_unimodal_models_export_to_onnx(fusion, tmp_path):
     assert_close(
         torch.tensor(onnx.predict_probabilities(images(), CAPTIONS)), torch.tensor(expected), atol=1e-5, rtol=0
     )
+
+
+@pytest.mark.parametrize("fusion", ["early", "attention"])
+def test_zero_initialised_image_gate_starts_from_the_text_alone_and_learns(fusion):
+    torch.manual_seed(0)
+    model = tiny_model(fusion, image_gate=True).eval()
+    inputs = tiny_processor()(images=images(), text=CAPTIONS)
+    swapped = dict(inputs, pixel_values=inputs["pixel_values"].flip(0))
+    # at initialisation the image cannot move the scores ...
+    assert_close(model(**inputs).logits, model(**swapped).logits)
+    # ... but the gate gets a gradient, so training can open it
+    model.train()
+    model(**inputs, labels=torch.tensor([0, 1])).loss.backward()
+    assert model.mmfusion.fusion.image_gate.grad.abs().item() > 0
+    ungated = tiny_model(fusion).eval()
+    assert ungated.mmfusion.fusion.image_gate is None
+    assert not torch.allclose(ungated(**inputs).logits, ungated(**swapped).logits)
+
+
+def test_fusion_learning_rate_gives_the_fresh_layers_their_own(tmp_path):
+    from transformers import TrainingArguments
+
+    from mmfusion.training.trainer import MMFusionTrainer
+
+    model = tiny_model("early")
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, report_to="none", use_cpu=True)
+    trainer = MMFusionTrainer(model=model, args=args, fusion_learning_rate=1e-2)
+    optimizer = trainer.create_optimizer()
+    rates = {}
+    names = {id(p): name for name, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            rates[names[id(p)]] = group["lr"]
+    assert rates["classifier.weight"] == rates["mmfusion.fusion.image_projection.weight"] == 1e-2
+    assert rates["mmfusion.text_model.embeddings.word_embeddings.weight"] == 1e-4
+    assert len(rates) == sum(1 for p in model.parameters() if p.requires_grad)
