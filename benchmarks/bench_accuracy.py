@@ -207,6 +207,15 @@ def markdown(rows: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
+def write_results(args, runs: list[dict]) -> None:
+    if not args.output:
+        return
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    summary = {split: summarise(runs, split) for split in ("validation", "test")}
+    arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    args.output.write_text(json.dumps({"arguments": arguments, "runs": runs, "summary": summary}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=next((p for p in DATA_CANDIDATES if p.exists()), None))
@@ -250,18 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"trained in {run['train_seconds']:.0f} s",
                     flush=True,
                 )
+                write_results(args, runs)  # after every run: a long benchmark cut short keeps what it measured
     for split in ("validation", "test"):
         print(f"\n{markdown(summarise(runs, split), split)}")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        summary = {split: summarise(runs, split) for split in ("validation", "test")}
-        args.output.write_text(
-            json.dumps(
-                {"arguments": vars(args) | {"data": str(args.data)}, "runs": runs, "summary": summary},
-                indent=2,
-                default=str,
-            )
-        )
     return 0
 
 
