@@ -31,6 +31,7 @@ from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
 from mmfusion.evaluation.model_card import write_model_card
 from mmfusion.evaluation.report import format_metrics_table, write_eval_report
 from mmfusion.training.arguments import parse_arguments
+from mmfusion.training.baselines import baseline_arguments, read_baseline_reports
 from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
 from mmfusion.training.output_lock import OutputDirLock
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     # One run per output folder (held by the main process; also proves the folder writable in the first second).
     with OutputDirLock(training_args.output_dir) if training_args.process_index == 0 else nullcontext():
+        if model_args.unimodal_baselines:  # same data, towers, recipe and seed; each into <output_dir>/baselines/
+            for fusion, (baseline_model_args, baseline_training_args) in baseline_arguments(
+                model_args, training_args
+            ).items():
+                logger.info("Unimodal baseline: %s-only model into %s", fusion, baseline_training_args.output_dir)
+                train_and_evaluate(baseline_model_args, data_args, baseline_training_args)
         return train_and_evaluate(model_args, data_args, training_args)
 
 
@@ -80,6 +87,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     processor = build_processor(model_args, image_size, train_texts)
     model = build_model(model_args, label_names, len(processor.tokenizer), image_size)
     use_features = model.config.freeze_vision_encoder and data_args.cache_image_features
+    use_features = use_features and FUSIONS[model.config.fusion].needs_image  # not for the text-only baseline
     logger.info(
         "Model: %s fusion, %.1fM parameters (%.1fM trainable); image inputs: %s",
         model.config.fusion,
@@ -121,6 +129,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         data_collator=collator,
         compute_metrics=make_compute_metrics(label_names),
         processing_class=processor,
+        fusion_learning_rate=model_args.fusion_learning_rate,
     )
 
     # 6. Train, resuming from the output folder's last checkpoint when there is one.
@@ -169,6 +178,8 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             best_step=trainer.state.best_global_step,
             overlap=load_report.overlap,
             num_errors=data_args.report_num_errors,
+            fusion=model.config.fusion,
+            unimodal_baselines=read_baseline_reports(output_dir) if model_args.unimodal_baselines else None,
         )
         write_model_card(
             output_dir,

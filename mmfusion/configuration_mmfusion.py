@@ -31,6 +31,8 @@ class FusionType:
     reads_embeddings: bool = False
     # Runs image tokens through the text encoder: needs a bidirectional BERT-like text tower.
     needs_bert_like_text: bool = False
+    needs_text: bool = True  # False: no text tower is built and the caption is not needed
+    needs_image: bool = True  # False: no vision tower is built and no image input is needed
 
 
 FUSIONS = {
@@ -100,6 +102,30 @@ FUSIONS = {
         ),
         reads_embeddings=True,
     ),
+    # Unimodal baselines (the Hateful Memes paper's Text BERT / Image-Grid, MMF's unimodal_text / unimodal_image):
+    # what the fused model must beat, trained the same way.
+    "text": FusionType(
+        module="MMFusionTextOnly",
+        uses_image_tokens=False,
+        title="text-only",
+        description=(
+            "Unimodal text baseline: the text tower alone ({text_pooling} pooling of the caption) and a linear "
+            "classifier; no image is read."
+        ),
+        reads_embeddings=True,
+        needs_image=False,
+    ),
+    "image": FusionType(
+        module="MMFusionImageOnly",
+        uses_image_tokens=False,
+        title="image-only",
+        description=(
+            "Unimodal image baseline: the vision tower's pooled features (projected, for a dual encoder) and a "
+            "linear classifier; no caption is read."
+        ),
+        reads_embeddings=True,
+        needs_text=False,
+    ),
 }
 FUSION_TYPES = tuple(FUSIONS)
 # Towers of contrastive dual encoders (CLIP, SigLIP): their pooled output is the tower's own embedding head (CLIP's
@@ -115,6 +141,10 @@ DUAL_ENCODER_TOWERS = frozenset(
         "siglip2_vision_model",
     }
 )
+# How fusions that read one vector for the caption get it from the text tower: "pooler" (the tower's pooler, the
+# first token's state where it has none), "cls" (the first token's last hidden state), "mean" (mean over the real
+# tokens, what sentence-transformers models such as all-MiniLM-L6-v2 were trained with).
+TEXT_POOLINGS = ("pooler", "cls", "mean")
 # At most 7x7 image tokens by default: what a ResNet gives at 224 px, and the cost of early fusion grows with it.
 MAX_DEFAULT_IMAGE_GRID = 7
 
@@ -234,6 +264,20 @@ class MMFusionConfig(PretrainedConfig):
         modality_dropout (`float`, *optional*, defaults to 0.0):
             During training, the probability that an example loses one of its two modalities (image features zeroed
             or caption reduced to its first token), so that neither modality can carry the model alone.
+        text_pooling (`str`, *optional*, defaults to `"pooler"`):
+            How the caption becomes one vector for the fusions that read one (`early`, and through
+            `MMFusionModel.text_embeddings` `concat`, `cross`, `align`, `late`, `text`): `"pooler"` (the text
+            tower's pooled output: BERT's pooler, CLIP's [EOS] state; the first token where it has none), `"cls"`
+            (the first token's state) or `"mean"` (mean over the caption's real tokens). `from_text_vision_pretrained`
+            defaults it to the pooling a sentence-transformers checkpoint was trained with.
+        image_gate (`bool`, *optional*, defaults to `False`):
+            Start training from the text tower's own behaviour and let the image in only as far as training opens a
+            learned gate. `early`: the attention every position pays to the image tokens is scaled by a learned
+            factor that starts at 1e-3 (its log added to their attention logits). `attention`: the image tokens are
+            scaled by `tanh(g)`, g starting at 0, and the output is read from the caption's tokens (which attend to
+            the image tokens). `concat`: the image embedding is scaled by `tanh(g)`, g starting at 0. Other fusions
+            ignore it. `False` (the default, and what configs saved before this option mean) lets the image in
+            ungated; `from_text_vision_pretrained` (and so `train.py` with pretrained towers) turns it on.
     """
 
     model_type = "mmfusion"
@@ -257,6 +301,8 @@ class MMFusionConfig(PretrainedConfig):
         freeze_text_encoder: bool = False,
         freeze_vision_encoder: bool = False,
         modality_dropout: float = 0.0,
+        text_pooling: str = "pooler",
+        image_gate: bool = False,
         **kwargs,
     ):
         self.text_config = _as_config(text_config, BertConfig.model_type)
@@ -277,6 +323,8 @@ class MMFusionConfig(PretrainedConfig):
         self.freeze_text_encoder = freeze_text_encoder
         self.freeze_vision_encoder = freeze_vision_encoder
         self.modality_dropout = modality_dropout
+        self.text_pooling = text_pooling
+        self.image_gate = image_gate
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         # Every saved checkpoint is a pipeline: pipeline("image-text-classification", model=..., trust_remote_code=True)
         kwargs.setdefault("custom_pipelines", custom_pipelines_entry())
@@ -299,6 +347,8 @@ class MMFusionConfig(PretrainedConfig):
         """Width of the text embedding (`MMFusionModel.text_embeddings`): projected, else the tower's pooled output."""
         if self.projection_dim:
             return self.projection_dim
+        if self.text_pooling != "pooler":  # a token state, not the tower's pooling head
+            return self.text_config.hidden_size
         return getattr(self.text_config, "projection_size", None) or self.text_config.hidden_size
 
     @property
@@ -322,6 +372,8 @@ class MMFusionConfig(PretrainedConfig):
             )
         if getattr(self.text_config, "is_decoder", False):
             raise ValueError("The text tower must be a bidirectional encoder; got a config with is_decoder=True.")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}; got {self.text_pooling!r}.")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}.")
         side = math.isqrt(max(self.num_image_tokens, 0))
@@ -367,6 +419,7 @@ __all__ = [
     "FUSIONS",
     "FUSION_TYPES",
     "FusionType",
+    "TEXT_POOLINGS",
     "MMFusionConfig",
     "default_num_image_tokens",
     "vision_feature_size",

@@ -102,20 +102,33 @@ def pool_image_features(image_features: torch.Tensor) -> torch.Tensor:
     return image_features.mean(dim=1)
 
 
-def pooled_text_output(text_outputs) -> torch.Tensor:
-    """The text tower's output as one vector per caption, before any projection (see `MMFusionModel.text_embeddings`).
+def pool_text(
+    text_model: nn.Module,
+    last_hidden_state: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pooler_output: torch.Tensor | None = None,
+    pooling: str = "pooler",
+) -> torch.Tensor:
+    """The caption as one vector, before any projection (`config.text_pooling`): every fusion that reads one text
+    vector gets it here (through `MMFusionModel.text_embeddings`, or early fusion over its caption positions).
 
-    The tower's pooled output where it has one (BERT's pooler over [CLS]; CLIP's [EOS] state after the final
-    LayerNorm; SigLIP's head over the last token), else the first token's state.
+    `last_hidden_state` starts with the caption's tokens, `attention_mask` marks the real ones (None: all).
+    "pooler": `pooler_output` when the tower gave one (BERT's pooler over [CLS]; CLIP's [EOS] state after the final
+    LayerNorm; SigLIP's head over the last token), else the tower's pooler on the states, else the first token;
+    "cls": the first token's state; "mean": the mean over the real tokens (sentence-transformers' pooling).
     """
-    # text pooling (issue 14): the one place that turns the text tower's output into one vector
-    pooled = getattr(text_outputs, "pooler_output", None)
-    return pooled if pooled is not None else text_outputs.last_hidden_state[:, 0]
-
-
-def _first_token_or_pooler(text_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
-    pooler = getattr(text_model, "pooler", None)
-    return pooler(sequence_output) if pooler is not None else sequence_output[:, 0]
+    if pooling == "mean":
+        if attention_mask is None:
+            return last_hidden_state.mean(dim=1)
+        keep = attention_mask[:, : last_hidden_state.shape[1]].unsqueeze(-1).to(last_hidden_state.dtype)
+        return (last_hidden_state * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+    if pooling == "pooler":
+        if pooler_output is not None:
+            return pooler_output
+        pooler = getattr(text_model, "pooler", None)
+        if pooler is not None:
+            return pooler(last_hidden_state)
+    return last_hidden_state[:, 0]
 
 
 def select_hidden_states(hidden_states: tuple, output_hidden_states) -> tuple:
@@ -157,6 +170,12 @@ def record_tower_outputs(tower: nn.Module, hidden_states: bool, attentions: bool
             handle.remove()
 
 
+# Early fusion's image gate: where it starts (about 1/1000 of a caption token's attention weight per image token) and
+# the floor below which it counts as closed.
+EARLY_IMAGE_GATE_INIT = 1e-3
+EARLY_IMAGE_GATE_MIN = 1e-6
+
+
 class MMFusionEarlyFusion(nn.Module):
     """Image grid tokens projected into the text tower's embedding space and encoded with the caption (MMBT)."""
 
@@ -176,6 +195,11 @@ class MMFusionEarlyFusion(nn.Module):
         self.image_layer_norm = nn.LayerNorm(hidden_size, eps=getattr(text_config, "layer_norm_eps", 1e-12))
         self.dropout = nn.Dropout(getattr(text_config, "hidden_dropout_prob", 0.1))
         self.output_size = hidden_size
+        self.text_pooling = config.text_pooling
+        # `image_gate`: how much attention every position pays to the image tokens, as a factor on their softmax
+        # weights (see `gated_attention_mask`). It starts near 0 (`_init_weights`), so the caption is first encoded
+        # as by the text tower alone; the image gets in only as far as training opens the gate.
+        self.image_gate = nn.Parameter(torch.full((1,), EARLY_IMAGE_GATE_INIT)) if config.image_gate else None
 
     def embed_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
         embeddings = (
@@ -184,6 +208,25 @@ class MMFusionEarlyFusion(nn.Module):
             + self.modality_embeddings.weight[IMAGE]
         )
         return self.dropout(self.image_layer_norm(embeddings))
+
+    def gated_attention_mask(self, mask: torch.Tensor | None, joint: torch.Tensor, first_image_position: int):
+        """The encoder's additive attention mask plus log(gate) on the image tokens' columns.
+
+        Adding log(g) to a key's attention logit multiplies its softmax weight by g: with g near 0 the caption's
+        states are the text tower's own (a zero image embedding would not do: its key is the projection bias, and
+        49 of them still draw attention away from the caption), and the gradient with respect to g itself stays of
+        order one, so training can open the gate. Needs an additive mask: the tower's eager or sdpa attention.
+        """
+        if self.image_gate is None:
+            return mask
+        log_gate = torch.log(self.image_gate.clamp(min=EARLY_IMAGE_GATE_MIN)).to(joint.dtype)
+        bias = joint.new_zeros(joint.shape[0], 1, 1, joint.shape[1])
+        bias[..., first_image_position:] = log_gate
+        if mask is None:
+            return bias
+        if mask.dtype == torch.bool:  # sdpa's boolean mask: True = attend
+            return torch.where(mask, bias, torch.finfo(joint.dtype).min)
+        return mask + bias
 
     def forward(self, text_model, text_inputs, image_tokens, output_hidden_states=False, output_attentions=False):
         input_ids, inputs_embeds = text_inputs.get("input_ids"), text_inputs.get("inputs_embeds")
@@ -201,14 +244,17 @@ class MMFusionEarlyFusion(nn.Module):
             inputs_embeds=joint,
             attention_mask=torch.cat([attention_mask, image_mask], dim=1),
         )
+        if self.image_gate is not None:
+            joint_mask = self.gated_attention_mask(joint_mask, joint, first_image_position=attention_mask.shape[1])
         with record_tower_outputs(text_model, bool(output_hidden_states), output_attentions) as recorded:
             sequence_output = text_model.encoder(joint, attention_mask=joint_mask).last_hidden_state
         hidden_states = None
         if output_hidden_states is not None and output_hidden_states is not False:
             hidden_states = select_hidden_states((joint, *recorded["hidden_states"]), output_hidden_states)
         attentions = tuple(recorded["attentions"]) if output_attentions else None
+        caption_states = sequence_output[:, : attention_mask.shape[1]]
         return MMFusionModelOutput(
-            pooler_output=_first_token_or_pooler(text_model, sequence_output),
+            pooler_output=pool_text(text_model, caption_states, attention_mask, None, self.text_pooling),
             last_hidden_state=sequence_output,
             hidden_states=hidden_states,
             attentions=attentions,
@@ -229,9 +275,15 @@ class MMFusionConcatFusion(nn.Module):
     def __init__(self, config: MMFusionConfig):
         super().__init__()
         self.output_size = config.image_embed_dim + config.text_embed_dim
+        # `image_gate`: the image embedding scaled by tanh(g), g starting at 0, so the classifier starts from the
+        # text embedding alone and the image gets in only as far as training opens the gate.
+        self.image_gate = nn.Parameter(torch.zeros(1)) if config.image_gate else None
 
     def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        return torch.cat([image_embeds.to(text_embeds.dtype), text_embeds], dim=-1)
+        image_embeds = image_embeds.to(text_embeds.dtype)
+        if self.image_gate is not None:
+            image_embeds = image_embeds * torch.tanh(self.image_gate)
+        return torch.cat([image_embeds, text_embeds], dim=-1)
 
 
 class MMFusionAttentionFusion(nn.Module):
@@ -253,6 +305,9 @@ class MMFusionAttentionFusion(nn.Module):
         )
         self.layer_norm = nn.LayerNorm(width)
         self.output_size = width
+        # Zero-initialised gate on the image tokens; with it the output is the mean over the caption's tokens only
+        # (which attend to the image tokens), so training starts from the text tower's states.
+        self.image_gate = nn.Parameter(torch.zeros(1)) if config.image_gate else None
 
     def forward(self, text_model, text_inputs, image_tokens, output_hidden_states=False, output_attentions=False):
         text_outputs = text_model(
@@ -268,6 +323,8 @@ class MMFusionAttentionFusion(nn.Module):
             + self.image_position_embeddings.weight
             + self.modality_embeddings.weight[IMAGE]
         )
+        if self.image_gate is not None:
+            image = image * torch.tanh(self.image_gate)
         joint = torch.cat([text, image], dim=1)
         is_padding = torch.cat([attention_mask == 0, attention_mask.new_zeros(image.shape[:2], dtype=torch.bool)], 1)
         attended, weights = self.attention(
@@ -280,6 +337,8 @@ class MMFusionAttentionFusion(nn.Module):
         )
         joint = self.layer_norm(joint + attended)
         keep = (~is_padding).unsqueeze(-1).to(joint.dtype)
+        if self.image_gate is not None:
+            keep[:, text.shape[1] :] = 0  # read the caption's tokens
         pooled = (joint * keep).sum(dim=1) / keep.sum(dim=1)
         return MMFusionModelOutput(
             pooler_output=pooled,
@@ -385,6 +444,36 @@ class MMFusionLateFusion(nn.Module):
         return torch.cat([self.text_head(text_embeds), self.image_head(image_embeds.to(text_embeds.dtype))], dim=-1)
 
 
+class MMFusionTextOnly(nn.Module):
+    """Unimodal text baseline (the Hateful Memes paper's Text BERT, MMF's `unimodal_text`): the classifier reads the
+    text embedding alone (`MMFusionModel.text_embeddings`, pooled with `text_pooling`); no vision tower is built."""
+
+    encodes_image_tokens = False
+    uses_text_pooler = True
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        self.output_size = config.text_embed_dim
+
+    def forward(self, text_embeds: torch.Tensor, image_embeds: None = None) -> torch.Tensor:
+        return text_embeds
+
+
+class MMFusionImageOnly(nn.Module):
+    """Unimodal image baseline (the paper's Image-Grid, MMF's `unimodal_image`): the classifier reads the image
+    embedding alone (`MMFusionModel.image_embeddings`); no text tower is built."""
+
+    encodes_image_tokens = False
+    uses_text_pooler = False
+
+    def __init__(self, config: MMFusionConfig):
+        super().__init__()
+        self.output_size = config.image_embed_dim
+
+    def forward(self, text_embeds: None, image_embeds: torch.Tensor) -> torch.Tensor:
+        return image_embeds
+
+
 # The module class of every fusion in the registry (`configuration_mmfusion.FUSIONS`).
 FUSION_MODULES = {name: globals()[fusion.module] for name, fusion in FUSIONS.items()}
 
@@ -415,6 +504,10 @@ class MMFusionPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, (MMFusionEarlyFusion, MMFusionAttentionFusion)):
             init.zeros_(module.modality_embeddings.weight)
+        if isinstance(module, MMFusionEarlyFusion) and module.image_gate is not None:
+            init.constant_(module.image_gate, EARLY_IMAGE_GATE_INIT)
+        elif isinstance(module, (MMFusionAttentionFusion, MMFusionConcatFusion)) and module.image_gate is not None:
+            init.zeros_(module.image_gate)
 
     @classmethod
     def from_text_vision_pretrained(
@@ -437,7 +530,9 @@ class MMFusionPreTrainedModel(PreTrainedModel):
         `vision_model_name_or_path` may also be `"torchvision/<arch>"` for torchvision's ResNets
         (resnet18/34/50/101/152): torchvision's default ImageNet weights, or the state dict file given as
         `torchvision_weights`, converted to the equivalent transformers ResNet. Remaining keyword arguments go to
-        `MMFusionConfig` (`fusion`, `num_labels`, `id2label`, ...); `image_size` defaults to a dual encoder's.
+        `MMFusionConfig` (`fusion`, `num_labels`, `id2label`, ...); `image_size` defaults to a dual encoder's,
+        `image_gate` to True (the fresh fusion layers start from what the pretrained text tower knows) and
+        `text_pooling` to the pooling a sentence-transformers checkpoint was trained with.
 
         Example:
         ```python
@@ -489,17 +584,64 @@ class MMFusionPreTrainedModel(PreTrainedModel):
             config_kwargs.setdefault("projection_dim", text_projection.shape[0])
         if vision_config.model_type in DUAL_ENCODER_TOWERS:
             config_kwargs.setdefault("image_size", vision_config.image_size)  # its position embeddings' size
+        # Fresh fusion layers must not spoil what the pretrained text tower knows: the image starts gated off.
+        config_kwargs.setdefault("image_gate", True)
+        if "text_pooling" not in config_kwargs:
+            config_kwargs["text_pooling"] = sentence_transformers_pooling(text_model_name_or_path) or "pooler"
         config = MMFusionConfig(text_config=text_config, vision_config=vision_config, **config_kwargs)
         model = cls(config)
         towers = model.base_model if model.base_model is not model else model
-        towers.text_model.load_state_dict(_matching_state(text_state, towers.text_model), strict=True)
-        towers.vision_model.load_state_dict(vision_state, strict=True)
-        if config.projection_dim:
-            if text_projection is None or visual_projection is None:
-                raise ValueError("projection_dim needs both towers from one dual encoder with projections (CLIP).")
-            towers.text_projection.weight.data.copy_(text_projection)
-            towers.visual_projection.weight.data.copy_(visual_projection)
+        if config.projection_dim and (text_projection is None or visual_projection is None):
+            raise ValueError("projection_dim needs both towers from one dual encoder with projections (CLIP).")
+        # A unimodal baseline has one tower (and one projection): the other checkpoint's weights are not needed.
+        if towers.text_model is not None:
+            towers.text_model.load_state_dict(_matching_state(text_state, towers.text_model), strict=True)
+            if towers.text_projection is not None:
+                towers.text_projection.weight.data.copy_(text_projection)
+        if towers.vision_model is not None:
+            towers.vision_model.load_state_dict(vision_state, strict=True)
+            if towers.visual_projection is not None:
+                towers.visual_projection.weight.data.copy_(visual_projection)
         return model
+
+
+def sentence_transformers_pooling(name_or_path: str) -> str | None:
+    """The `text_pooling` a sentence-transformers checkpoint was trained with (its `modules.json` and pooling
+    module's `config.json`), or None for other checkpoints. Local folders and Hub repos (cache or download)."""
+    import json
+
+    from transformers.utils import cached_file
+
+    def read_json(filename):
+        try:
+            path = cached_file(
+                name_or_path,
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        except OSError:
+            return None
+        if path is None:
+            return None
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+
+    modules = read_json("modules.json")
+    if not isinstance(modules, list):
+        return None
+    folder = next((m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    if folder is None:
+        return None
+    settings = read_json(f"{folder}/config.json") or {}
+    mode = settings.get("pooling_mode")  # newer sentence-transformers write one string
+    if mode in ("mean", "cls"):
+        return mode
+    if settings.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if settings.get("pooling_mode_cls_token"):
+        return "cls"
+    return None  # max pooling and the like: no equivalent here, keep the default
 
 
 def _output_flag(value, config: MMFusionConfig, name: str, tower: str):
@@ -541,21 +683,26 @@ class MMFusionModel(MMFusionPreTrainedModel):
 
     def __init__(self, config: MMFusionConfig):
         super().__init__(config)
-        self.text_model = _tower_from_config(config.text_config)
-        self.vision_model = _tower_from_config(config.vision_config)
+        fusion_type = FUSIONS[config.fusion]
+        # Unimodal baselines build only the tower they read (no unused weights to save, load or leave gradient-less).
+        self.text_model = _tower_from_config(config.text_config) if fusion_type.needs_text else None
+        self.vision_model = _tower_from_config(config.vision_config) if fusion_type.needs_image else None
         fusion_class = FUSION_MODULES[config.fusion]
-        if not fusion_class.uses_text_pooler and getattr(self.text_model, "pooler", None) is not None:
+        reads_pooler = fusion_class.uses_text_pooler and config.text_pooling == "pooler"
+        if not reads_pooler and getattr(self.text_model, "pooler", None) is not None:
             # e.g. attention fusion reads the token states, not the pooler; an unused module would make DDP complain.
             self.text_model.pooler = None
         # A dual encoder's projections into its joint embedding space (CLIP's `text_projection` /
         # `visual_projection`); they belong to their towers and are frozen with them.
         self.text_projection = self.visual_projection = None
-        if config.projection_dim:
+        if config.projection_dim and self.text_model is not None:
             self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        if config.projection_dim and self.vision_model is not None:
             self.visual_projection = nn.Linear(config.vision_feature_size, config.projection_dim, bias=False)
         # The text inputs the tower's forward names (CLIP's and SigLIP's take neither token types nor embeddings).
+        text_forward = self.text_model.forward if self.text_model is not None else (lambda: None)
         self._text_input_names = {"input_ids", "attention_mask"} | (
-            {"token_type_ids", "inputs_embeds"} & set(inspect.signature(self.text_model.forward).parameters)
+            {"token_type_ids", "inputs_embeds"} & set(inspect.signature(text_forward).parameters)
         )
         self.fusion = fusion_class(config)
         self.post_init()
@@ -575,17 +722,20 @@ class MMFusionModel(MMFusionPreTrainedModel):
         # Frozen towers stay in eval mode: no dropout noise and, above all, no BatchNorm statistics drifting away
         # from the weights (which would also make precomputed image features stale).
         super().train(mode)
-        if self.config.freeze_text_encoder:
+        if self.config.freeze_text_encoder and self.text_model is not None:
             self.text_model.eval()
-        if self.config.freeze_vision_encoder:
+        if self.config.freeze_vision_encoder and self.vision_model is not None:
             self.vision_model.eval()
         return self
 
     def get_input_embeddings(self) -> nn.Module:
-        """The text tower's word embeddings (what `resize_token_embeddings` resizes after tokens are added)."""
-        return self.text_model.get_input_embeddings()
+        """The text tower's word embeddings (what `resize_token_embeddings` resizes after tokens are added); None
+        for the image-only baseline, which has no text tower."""
+        return self.text_model.get_input_embeddings() if self.text_model is not None else None
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        if self.text_model is None:
+            raise ValueError("The image-only baseline (fusion='image') has no text tower.")
         self.text_model.set_input_embeddings(value)
 
     @can_return_tuple
@@ -600,6 +750,8 @@ class MMFusionModel(MMFusionPreTrainedModel):
         pooled output; `image_embeddings` projects it. `hidden_states` (the tower's, per
         stage or layer) when `output_hidden_states` is set, here or in the config.
         """
+        if self.vision_model is None:
+            raise ValueError("The text-only baseline (fusion='text') has no vision tower.")
         output_hidden_states = _output_flag(output_hidden_states, self.config, "output_hidden_states", "vision_config")
         needs_grad = torch.is_grad_enabled() and not self.config.freeze_vision_encoder
         with torch.set_grad_enabled(needs_grad):
@@ -676,7 +828,13 @@ class MMFusionModel(MMFusionPreTrainedModel):
                 output_attentions=output_attentions,
                 return_dict=True,
             )
-            embeds = pooled_text_output(outputs)
+            embeds = pool_text(
+                self.text_model,
+                outputs.last_hidden_state,
+                text_inputs.get("attention_mask"),
+                getattr(outputs, "pooler_output", None),
+                self.config.text_pooling,
+            )
             if self.text_projection is not None:
                 embeds = self.text_projection(embeds)
         return embeds, outputs
@@ -688,7 +846,7 @@ class MMFusionModel(MMFusionPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
     ) -> torch.Tensor:
-        """One vector per caption, (B, text_embed_dim): the tower's pooled output (`pooled_text_output`) projected
+        """One vector per caption, (B, text_embed_dim): the caption pooled by `text_pooling` (`pool_text`), projected
         into the joint space (`text_projection`) when the model has one, else the pooled output itself. What
         `text_embeds=` takes, so that with a frozen text tower it can be computed once."""
         text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds, pooled=True)
@@ -723,18 +881,20 @@ class MMFusionModel(MMFusionPreTrainedModel):
         image_embeds (`torch.FloatTensor` of shape `(batch_size, image_embed_dim)`, *optional*):
             Precomputed `image_embeddings(...)`, instead of the image, for the same fusions.
         """
-        reads_embeddings = FUSIONS[self.config.fusion].reads_embeddings
+        fusion_type = FUSIONS[self.config.fusion]
+        reads_embeddings = fusion_type.reads_embeddings
         if (text_embeds is not None or image_embeds is not None) and not reads_embeddings:
             raise ValueError(
                 f"fusion={self.config.fusion!r} reads the towers' token states: `text_embeds`/`image_embeds` only "
                 "serve the fusions that read embeddings."
             )
-        if sum(value is not None for value in (input_ids, inputs_embeds, text_embeds)) != 1:
+        # The unimodal baselines do not need (and ignore) the other modality's inputs.
+        if fusion_type.needs_text and sum(value is not None for value in (input_ids, inputs_embeds, text_embeds)) != 1:
             raise ValueError(
                 "Pass exactly one of `input_ids` and `inputs_embeds` (use the processor on the caption, even an "
                 "empty one), or precomputed `text_embeds`."
             )
-        if sum(value is not None for value in (pixel_values, image_features, image_embeds)) != 1:
+        if fusion_type.needs_image and sum(v is not None for v in (pixel_values, image_features, image_embeds)) != 1:
             raise ValueError(
                 "Pass exactly one of `pixel_values` and `image_features` (precomputed features), or precomputed "
                 "`image_embeds`."
@@ -770,7 +930,7 @@ class MMFusionModel(MMFusionPreTrainedModel):
             image_features, attention_mask = self._drop_modalities(image_features, attention_mask)
 
         fusion_input = image_features
-        if FUSIONS[self.config.fusion].uses_image_tokens:
+        if fusion_type.uses_image_tokens:
             fusion_input = image_tokens_from_features(image_features, self.config.num_image_tokens)
         text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
         return self.fusion(
@@ -795,13 +955,18 @@ class MMFusionModel(MMFusionPreTrainedModel):
         output_attentions=False,
     ) -> MMFusionModelOutput:
         """The fusions that read one text vector and one image vector, computed here unless given precomputed."""
+        fusion_type = FUSIONS[self.config.fusion]
         text_outputs = None
-        if text_embeds is None:
+        if not fusion_type.needs_text:
+            text_embeds = None
+        elif text_embeds is None:
             text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds, pooled=True)
             text_embeds, text_outputs = self._encode_text(text_inputs, output_hidden_states, output_attentions)
-        if image_embeds is None:
+        if not fusion_type.needs_image:
+            image_embeds = None
+        elif image_embeds is None:
             image_embeds = self.image_embeddings(pixel_values=pixel_values, image_features=image_features)
-        if self.training and self.config.modality_dropout > 0:
+        if self.training and self.config.modality_dropout > 0 and fusion_type.needs_text and fusion_type.needs_image:
             # per example, with probability `modality_dropout`, one of the two embeddings is zeroed
             batch_size = text_embeds.shape[0]
             dropped = torch.rand(batch_size, device=text_embeds.device) < self.config.modality_dropout
@@ -931,4 +1096,6 @@ __all__ = [
     "FUSION_MODULES",
     "image_tokens_from_features",
     "pool_image_features",
+    "pool_text",
+    "sentence_transformers_pooling",
 ]

@@ -22,7 +22,7 @@ from transformers import (
 from mmfusion import MMFusionForClassification, MMFusionModel, MMFusionProcessor
 from mmfusion.torchvision_resnet import convert_torchvision_resnet_state_dict
 
-FUSIONS = ["early", "concat", "attention"]
+FUSIONS = ["early", "concat", "attention", "text", "image"]
 
 
 def example_pair():

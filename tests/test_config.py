@@ -105,7 +105,7 @@ def test_saved_configs_with_explicit_image_tokens_keep_loading(tmp_path):
 
 def test_the_fusion_registry_drives_validation_and_the_model():
     assert FUSION_TYPES == tuple(FUSIONS)
-    assert set(FUSION_TYPES) >= {"early", "concat", "attention", "cross", "align", "late"}
+    assert set(FUSION_TYPES) >= {"early", "concat", "attention", "cross", "align", "late", "text", "image"}
     for name, fusion in FUSIONS.items():
         assert FUSION_MODULES[name].__name__ == fusion.module
         assert fusion.title and fusion.description.format(**tiny_config(name).to_dict())

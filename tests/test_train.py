@@ -302,3 +302,27 @@ def test_demo_recipe_learns_the_xor_task(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads((output / "all_results.json").read_text())
     assert results["test_accuracy"] >= 0.9, results
+
+
+def test_unimodal_baselines_are_trained_beside_the_fused_model(
+    repo_root, tiny_memes_folder, tiny_train_args, tmp_path
+):
+    output = tmp_path / "run"
+    args = ["--dataset", tiny_memes_folder, "--output_dir", output, "--num_train_epochs", "1", *tiny_train_args]
+    result = run_train(repo_root, [*args, "--unimodal_baselines", "true"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    for fusion in ("text", "image"):
+        baseline = output / "baselines" / fusion
+        assert json.loads((baseline / "config.json").read_text())["fusion"] == fusion
+        assert (baseline / "eval_report.json").exists() and (baseline / "model.safetensors").exists()
+    report = json.loads((output / "eval_report.json").read_text())
+    comparison = report["unimodal_baselines"]
+    assert set(comparison) == {"dev", "test"}  # the labeled evaluation splits (test_unseen has no labels)
+    text_report = json.loads((output / "baselines" / "text" / "eval_report.json").read_text())
+    assert comparison["test"]["text-only"] == text_report["splits"]["test"]["metrics"]
+    assert set(comparison["dev"]) == {"fused (early)", "text-only", "image-only"}
+    markdown = (output / "eval_report.md").read_text()
+    assert "## Fused vs unimodal baselines" in markdown
+    table = markdown.split("## Fused vs unimodal baselines")[1]
+    assert "| text-only |" in table and "| image-only |" in table and "| fused (early) |" in table
+    assert "| text-only |" in (output / "README.md").read_text()  # the model card shows them too

@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_mmfusion import FUSIONS, MMFusionConfig
 from ..files import atomic_write_text
-from .report import ablation_markdown, headline_metric_names, markdown_table
+from .report import ablation_markdown, headline_metric_names, markdown_table, unimodal_markdown
 
 TASK_TYPE = "text-classification"  # closest Hub task; see the comment in the template's metadata
 TASK_NAME = "Image+text classification"
@@ -129,7 +129,8 @@ def _results_table(eval_report: dict) -> str:
     if not rows:
         return "No labeled evaluation split."
     header = ["split", "examples", *headline, "random-guess accuracy", "majority-class accuracy"]
-    return "\n".join(markdown_table(header, rows)).rstrip()
+    # with --unimodal_baselines: the fused model against text-only and image-only models trained the same way
+    return "\n".join([*markdown_table(header, rows), *unimodal_markdown(eval_report)[2:]]).rstrip()
 
 
 def _training_table(training_summary: dict | None) -> str:

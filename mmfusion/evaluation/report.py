@@ -292,6 +292,47 @@ def ablation_markdown(split: dict, label_names: Sequence[str]) -> list[str]:
     return lines + [f"- {note}" for note in reliance["notes"]] + [""]
 
 
+UNIMODAL_TITLES = {"text": "text-only", "image": "image-only"}
+
+
+def unimodal_comparison(fusion: str, report: dict, baseline_reports: dict[str, dict]) -> dict:
+    """`{split: {model: metrics}}`: the fused model and each unimodal baseline (`{fusion: its eval report}`) on every
+    labeled split they share, the Hateful Memes paper's layout."""
+    comparison = {}
+    for split_name, entry in report["splits"].items():
+        if not entry.get("labeled"):
+            continue
+        rows = {f"fused ({fusion})": entry["metrics"]}
+        for baseline, baseline_report in baseline_reports.items():
+            baseline_entry = baseline_report["splits"].get(split_name, {})
+            if baseline_entry.get("labeled"):
+                rows[UNIMODAL_TITLES.get(baseline, baseline)] = baseline_entry["metrics"]
+        comparison[split_name] = rows
+    return comparison
+
+
+def unimodal_markdown(report: dict) -> list[str]:
+    """The comparison table: one row per model, the headline metrics of each split as columns."""
+    comparison = report.get("unimodal_baselines")
+    if not comparison:
+        return []
+    headline = [key for key in headline_metric_names(report["label_names"]) if not key.startswith("f1_")]
+    if len(report["label_names"]) > 2:
+        headline = [*headline, *(f"f1_{metric_key(name)}" for name in report["label_names"])]
+    models = list(dict.fromkeys(model for rows in comparison.values() for model in rows))
+    header = ["model", *(f"{split} {metric}" for split in comparison for metric in headline)]
+    rows = [
+        [model, *(comparison[split].get(model, {}).get(metric) for split in comparison for metric in headline)]
+        for model in models
+    ]
+    intro = (
+        "The fused model next to text-only and image-only models trained with the same data, towers, recipe and "
+        "seed (`--unimodal_baselines`; their checkpoints and reports are in `baselines/`). A fusion that does not "
+        "beat the text-only row gains nothing from the image."
+    )
+    return ["## Fused vs unimodal baselines", "", intro, "", *markdown_table(header, rows)]
+
+
 def render_markdown(report: dict) -> str:
     """`eval_report.md` from a report dict (as returned by `write_eval_report`)."""
     label_names = report["label_names"]
@@ -301,6 +342,7 @@ def render_markdown(report: dict) -> str:
         f"Classes: {', '.join(f'`{name}`' for name in label_names)}. Headline metric: `{report['primary_metric']}`.",
         "",
     ]
+    lines += unimodal_markdown(report)
     for split_name, split in report["splits"].items():
         if not split["labeled"]:
             lines += [f"## {split_name} (unlabeled, {split['num_examples']} examples)", ""]
@@ -380,13 +422,16 @@ def write_eval_report(
     best_step: int | None = None,
     overlap: dict[str, list[str]] | None = None,
     num_errors: int = 10,
+    fusion: str | None = None,
+    unimodal_baselines: dict[str, dict] | None = None,
 ) -> dict:
     """Write `eval_report.json`, `eval_report.md` and the figures to `output_dir`; return the report dict.
 
     `ablations[split][name]` are the same model's probabilities on `split` with the inputs of ablation `name`
     (`image_blanked`, `text_emptied`, `both_blanked` from `mmfusion.evaluation.ablation.ABLATIONS`; `full` is
     `predictions[split]` and may be omitted). Ablations of an unlabeled split are ignored. The returned dict is what
-    `eval_report.json` holds (NaN as None).
+    `eval_report.json` holds (NaN as None). `unimodal_baselines` (`{"text": report, "image": report}`, the baselines'
+    own eval reports) adds the comparison of the fused model (`fusion`) with them, per split.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -411,6 +456,8 @@ def write_eval_report(
             )
             entry["confusion_matrix_plot"] = filename
         report["splits"][split_name] = entry
+    if unimodal_baselines:
+        report["unimodal_baselines"] = unimodal_comparison(fusion or "fused", report, unimodal_baselines)
     if log_history and plot_training_curves(log_history, output_dir / TRAINING_CURVES_PNG, best_step) is not None:
         report["training_curves_plot"] = TRAINING_CURVES_PNG
     report = _jsonable(report)
@@ -431,5 +478,7 @@ __all__ = [
     "modality_reliance",
     "render_markdown",
     "split_report",
+    "unimodal_comparison",
+    "unimodal_markdown",
     "write_eval_report",
 ]

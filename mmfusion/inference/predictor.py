@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..checkpoints import check_checkpoint
+from ..configuration_mmfusion import FUSIONS
 from ..evaluation.predictions import Predictions, prediction_record, probabilities_from_logits
 from ..parallel import image_thread_pool, usable_cpu_count
 from .backends import (
@@ -176,11 +177,19 @@ class MMFusionPredictor:
         return np.concatenate(chunks)
 
     def _prepare_batch(self, images: Sequence, texts: Sequence[str | None], pool=None):
-        """Processor outputs for one batch, and its size. `pool`: decode the images in parallel."""
-        pil_images = list(pool.map(load_image, images)) if pool is not None else [load_image(i) for i in images]
+        """Processor outputs for one batch, and its size. `pool`: decode the images in parallel.
+
+        The text-only baseline reads no image: its images may be None (they are not even opened)."""
+        fusion = FUSIONS.get(getattr(self.config, "fusion", None))
+        needs_image = (
+            fusion is None or fusion.needs_image or "pixel_values" in getattr(self.backend, "input_names", ())
+        )
+        pil_images = None
+        if needs_image:
+            pil_images = list(pool.map(load_image, images)) if pool is not None else [load_image(i) for i in images]
         captions = ["" if text is None else str(text) for text in texts]
         inputs = self.processor(images=pil_images, text=captions, return_tensors=self.backend.return_tensors)
-        return inputs, len(pil_images)
+        return inputs, len(captions)
 
     def _probabilities(self, inputs) -> np.ndarray:
         return probabilities_from_logits(self.backend.logits(inputs), getattr(self.config, "problem_type", None))

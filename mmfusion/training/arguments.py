@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..configuration_mmfusion import FUSION_TYPES
+from ..configuration_mmfusion import FUSION_TYPES, TEXT_POOLINGS
 
 
 @dataclass
@@ -62,6 +62,33 @@ class ModelArguments:
     )
     fusion_map_dropout: float = 0.1
     fusion_pre_output_dropout: float = 0.4
+    text_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "pooler | cls | mean: how the caption becomes one vector (early, concat, cross, align, late, "
+            "text). Default: a sentence-transformers tower's own pooling, else pooler.",
+            "choices": list(TEXT_POOLINGS),
+        },
+    )
+    image_gate: bool | None = field(
+        default=None,
+        metadata={
+            "help": "early/concat/attention: let the image in through a learned gate that starts (nearly) closed, so "
+            "training starts from the pretrained text tower's behaviour (see MMFusionConfig.image_gate). Default: on "
+            "with --text_model_name_or_path, off for the small random towers (nothing to preserve)."
+        },
+    )
+    fusion_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the fresh layers (fusion, classifier). Default: --learning_rate."},
+    )
+    unimodal_baselines: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train text-only and image-only models with the same recipe (into <output_dir>/baselines/) "
+            "and show them beside the fused model in the report and model card."
+        },
+    )
     classifier_dropout: float = 0.1
     modality_dropout: float = field(
         default=0.0, metadata={"help": "Probability of dropping one modality per training example (off by default)."}

@@ -290,6 +290,7 @@ def encode_texts(
             _PIPELINE_VERSION,
             dataset._fingerprint,
             tower_fingerprint or weights_fingerprint(tower),
+            model.config.text_pooling,  # same tower, other pooling: other embeddings
             pad_token_id,
             str(autocast_dtype),
         ]
@@ -379,6 +380,9 @@ def prepare_model_inputs(
             "Precomputed text embeddings need a frozen text tower (freeze_text_encoder=True) and a fusion that "
             f"reads embeddings ({', '.join(name for name, fusion in FUSIONS.items() if fusion.reads_embeddings)})."
         )
+    # A unimodal baseline has no tower for the other modality: nothing to encode for it.
+    use_image_features = use_image_features and FUSIONS[model.config.fusion].needs_image
+    use_text_embeddings = use_text_embeddings and FUSIONS[model.config.fusion].needs_text
     splits = dataset if isinstance(dataset, DatasetDict) else {None: dataset}
     # hashed once for all splits: it reads every weight of the tower
     towers = model.base_model

@@ -184,6 +184,10 @@ def build_model(
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
     )
+    if model_args.image_gate is not None:  # else: on for pretrained towers (from_text_vision_pretrained), off here
+        settings["image_gate"] = model_args.image_gate
+    if model_args.text_pooling is not None:  # else: the tower's own (sentence-transformers) or the config default
+        settings["text_pooling"] = model_args.text_pooling
     if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
         raise ValueError("Give both --text_model_name_or_path and --vision_model_name_or_path, or neither.")
     if model_args.text_model_name_or_path:

@@ -15,8 +15,36 @@ from ..files import atomic_write_text
 from .collator import MMFusionCollator
 from .inputs import IMAGE_EMBEDS, IMAGE_FEATURES, TEXT_EMBEDS, resized_uint8_pixels
 
+# Parameter-name prefixes of the pretrained towers; everything else (fusion layers, classifier) starts fresh.
+TOWER_PREFIXES = ("mmfusion.text_model.", "mmfusion.vision_model.")
+
 
 class MMFusionTrainer(Trainer):
+    """transformers' Trainer plus `fusion_learning_rate`: a learning rate of its own for the fresh layers (fusion
+    and classifier), e.g. 10x the pretrained towers' `learning_rate` (None: one learning rate for all)."""
+
+    def __init__(self, *args, fusion_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fusion_learning_rate = fusion_learning_rate
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.fusion_learning_rate is None:
+            return optimizer
+        named = (model if model is not None else self.model).named_parameters()
+        fresh = {id(p) for name, p in named if not name.startswith(TOWER_PREFIXES)}
+        groups = []
+        for group in optimizer.param_groups:  # the Trainer's decay / no-decay groups, each split towers / fresh
+            for is_fresh in (False, True):
+                params = [p for p in group["params"] if (id(p) in fresh) == is_fresh]
+                if params:
+                    lr = self.fusion_learning_rate if is_fresh else group["lr"]
+                    groups.append({**group, "params": params, "lr": lr})
+        optimizer.param_groups.clear()  # nothing has stepped yet: regroup the same parameters in place
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
     def create_model_card(self, *args, **kwargs):
         # train.py writes a full card (metrics, modality ablation, ethics) before pushing; the Trainer's generic
         # card would overwrite it.
