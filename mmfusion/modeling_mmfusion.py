@@ -13,6 +13,7 @@ sit in the sequence does not matter.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mmfusion import DUAL_ENCODER_TOWERS, FUSIONS, MMFusionConfig
@@ -608,9 +609,6 @@ class MMFusionPreTrainedModel(PreTrainedModel):
 def sentence_transformers_pooling(name_or_path: str) -> str | None:
     """The `text_pooling` a sentence-transformers checkpoint was trained with (its `modules.json` and pooling
     module's `config.json`), or None for other checkpoints. Local folders and Hub repos (cache or download)."""
-    import json
-
-    from transformers.utils import cached_file
 
     def read_json(filename):
         try:
@@ -700,9 +698,9 @@ class MMFusionModel(MMFusionPreTrainedModel):
         if config.projection_dim and self.vision_model is not None:
             self.visual_projection = nn.Linear(config.vision_feature_size, config.projection_dim, bias=False)
         # The text inputs the tower's forward names (CLIP's and SigLIP's take neither token types nor embeddings).
-        text_forward = self.text_model.forward if self.text_model is not None else (lambda: None)
+        text_parameters = inspect.signature(self.text_model.forward).parameters if self.text_model is not None else {}
         self._text_input_names = {"input_ids", "attention_mask"} | (
-            {"token_type_ids", "inputs_embeds"} & set(inspect.signature(text_forward).parameters)
+            {"token_type_ids", "inputs_embeds"} & set(text_parameters)
         )
         self.fusion = fusion_class(config)
         self.post_init()
