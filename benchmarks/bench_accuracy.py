@@ -116,7 +116,6 @@ def load_splits(texts: np.ndarray, labels: np.ndarray, sizes: dict[str, int]) ->
     total = sum(sizes.values())
     if total > len(texts):
         raise SystemExit(f"The splits ask for {total} rows; the data has {len(texts)}")
-    total = sum(sizes.values())
     index = np.arange(len(texts))
     chosen, _ = train_test_split(index, train_size=total, stratify=labels, random_state=SPLIT_SEED)
     splits, rest = {}, chosen
@@ -341,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(runs)
         write_results(args, runs)
         return 0
-    davidson = args.data is None
+    davidson = args.data is None or args.data.name == Path(DATA_NAME).name
     if davidson:
-        args.data = next((path for path in DATA_CANDIDATES if path.exists()), DATA_CANDIDATES[0])
+        args.data = args.data or next((path for path in DATA_CANDIDATES if path.exists()), DATA_CANDIDATES[0])
         args.label_names = args.label_names or DAVIDSON_LABEL_NAMES
     if not args.data.exists():
         raise SystemExit(f"No data at {args.data}; pass --data (Davidson's: .../{DATA_NAME})")
