@@ -15,7 +15,7 @@ synthetic image. Every model is trained with the same recipe (the Trainer, AdamW
 epochs, no model selection) for each seed, and scored on the test split: macro-F1, per-class F1 and accuracy,
 mean ± std over the seeds (two classes: AUROC, F1 of class 1 and accuracy).
 
-Other labeled text: `--data FILE.csv|.jsonl` with `--text_column` / `--label_column` (default `text` / `label`;
+Other labeled text: `--data FILE.csv|.tsv|.jsonl` with `--text_column` / `--label_column` (default `text` / `label`;
 labels as class ids or names, `--label_names` to fix their order); a row without a caption or a known label stops
 the benchmark, naming its line.
 
@@ -50,6 +50,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from mmfusion import FUSION_TYPES, MMFusionForClassification  # noqa: E402
+from mmfusion.data.readers import SUPPORTED_EXTENSIONS, read_table  # noqa: E402
+from mmfusion.data.rows import UNLABELED, LabelEncoder, infer_class_names, is_missing_label  # noqa: E402
 from mmfusion.evaluation.metrics import best_model_metric, classification_metrics, metric_key  # noqa: E402
 from mmfusion.evaluation.predictions import probabilities_from_logits  # noqa: E402
 from mmfusion.torchvision_resnet import torchvision_resnet_config  # noqa: E402
@@ -75,40 +77,38 @@ def text_tower_path() -> str:
 def read_labeled_text(
     path: Path, text_column: str, label_column: str, label_names: list[str] | None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(texts, label ids, label names) of a CSV or JSON-lines file. Integer labels are class ids (named by
-    `label_names`, else "0", "1", ...); other labels are names (ids in the order of `label_names`, else sorted).
-    A row without a caption or a label stops the benchmark, naming the file and line."""
-    import pandas as pd
-
-    jsonl = path.suffix in (".jsonl", ".json")
-    frame = pd.read_json(path, lines=True) if jsonl else pd.read_csv(path)
-    first_line = 1 if jsonl else 2  # a CSV's line 1 is its header
+    """(texts, label ids, label names) of a CSV/TSV or JSON-lines file, read with the project's own readers and label
+    rules (`mmfusion.data`: integer labels are class indices, other labels class names, `label_names` else inferred).
+    A malformed row, or one without a caption or a known label, stops the benchmark, naming the file and line."""
+    if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        raise SystemExit(f"{path}: not one of {', '.join(SUPPORTED_EXTENSIONS)}")
+    columns, parsed = read_table(str(path), id_column=None)
+    rows = []
+    for line in parsed:
+        if line.problem:
+            raise SystemExit(f"{path}, line {line.line}: {line.problem}")
+        rows.append(line)
     for column in (text_column, label_column):
-        if column not in frame:
-            raise SystemExit(f"{path}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
-        missing = frame.index[frame[column].isna() | (frame[column].astype(str).str.strip() == "")]
-        if len(missing):
-            raise SystemExit(f"{path}, line {missing[0] + first_line} (row {missing[0]}): no {column!r}")
-    raw = frame[label_column]
-    if pd.api.types.is_integer_dtype(raw):
-        names = label_names or [str(value) for value in range(raw.max() + 1)]
-        if raw.min() < 0 or raw.max() >= len(names):
-            bad = int(np.flatnonzero((raw < 0) | (raw >= len(names)))[0])
-            raise SystemExit(
-                f"{path}, line {bad + first_line} (row {bad}): label {raw[bad]} is not in 0..{len(names) - 1}"
-            )
-        labels = raw.to_numpy()
-    else:
-        values = raw.astype(str)
-        names = label_names or sorted(values.unique())
-        unknown = ~values.isin(names)
-        if unknown.any():
-            bad = int(np.flatnonzero(unknown)[0])
-            raise SystemExit(
-                f"{path}, line {bad + first_line} (row {bad}): label {values[bad]!r} is not one of {names}"
-            )
-        labels = values.map({name: index for index, name in enumerate(names)}).to_numpy()
-    return frame[text_column].astype(str).to_numpy(), labels, list(names)
+        seen = columns if columns is not None else sorted({key for line in rows for key in line.row})
+        if column not in seen:
+            raise SystemExit(f"{path}: no column {column!r} (columns: {', '.join(seen)})")
+    names = label_names or infer_class_names(line.row.get(label_column) for line in rows)
+    encoder = LabelEncoder(names)
+    texts, labels = [], []
+    for line in rows:
+        text, label = line.row.get(text_column), line.row.get(label_column)
+        if text is None or not str(text).strip() or is_missing_label(label):
+            missing = text_column if text is None or not str(text).strip() else label_column
+            raise SystemExit(f"{path}, line {line.line}: no {missing!r}")
+        try:
+            index = encoder.encode(label)
+        except ValueError as error:
+            raise SystemExit(f"{path}, line {line.line}: {error}") from None
+        if index == UNLABELED:
+            raise SystemExit(f"{path}, line {line.line}: unlabeled ({label!r}); the benchmark needs every label")
+        texts.append(str(text))
+        labels.append(index)
+    return np.array(texts, dtype=object), np.array(labels), encoder.class_names
 
 
 def load_splits(texts: np.ndarray, labels: np.ndarray, sizes: dict[str, int]) -> dict[str, dict]:
