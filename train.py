@@ -25,11 +25,11 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from mmfusion.configuration_mmfusion import FUSIONS
 from mmfusion.data import is_hub_name
 from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
 from mmfusion.evaluation.model_card import write_model_card
 from mmfusion.evaluation.report import format_metrics_table, write_eval_report
+from mmfusion.fusions import FUSIONS
 from mmfusion.training.arguments import parse_arguments
 from mmfusion.training.baselines import baseline_arguments, read_baseline_reports
 from mmfusion.training.collator import MMFusionCollator
@@ -86,16 +86,20 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     train_texts = raw[splits["train"] or next(iter(raw))]["text"]
     processor = build_processor(model_args, image_size, train_texts)
     model = build_model(model_args, label_names, len(processor.tokenizer), image_size)
-    use_features = model.config.freeze_vision_encoder and data_args.cache_image_features
-    use_features = use_features and FUSIONS[model.config.fusion].needs_image  # not for the text-only baseline
+    fusion = FUSIONS[model.config.fusion]
+    use_features = model.config.freeze_vision_encoder and data_args.cache_image_features and fusion.needs_image
+    if not fusion.needs_image:
+        image_inputs = "none (no vision tower)"
+    elif use_features:
+        image_inputs = "cached frozen-tower " + ("embeddings" if fusion.reads_embeddings else "features")
+    else:
+        image_inputs = "cached uint8 pixels"
     logger.info(
         "Model: %s fusion, %.1fM parameters (%.1fM trainable); image inputs: %s",
         model.config.fusion,
         model.num_parameters() / 1e6,
         model.num_parameters(only_trainable=True) / 1e6,
-        ("cached frozen-tower " + ("embeddings" if FUSIONS[model.config.fusion].reads_embeddings else "features"))
-        if use_features
-        else "cached uint8 pixels",
+        image_inputs,
     )
 
     # 4. Model inputs, computed once into the datasets cache (tokens, resized pixels or frozen-tower features).

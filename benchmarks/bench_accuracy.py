@@ -49,7 +49,7 @@ from transformers import AutoTokenizer, ResNetModel, TrainingArguments, set_seed
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from mmfusion import FUSION_TYPES, MMFusionForClassification  # noqa: E402
+from mmfusion import FUSIONS, MMFusionForClassification  # noqa: E402
 from mmfusion.data.readers import SUPPORTED_EXTENSIONS, read_table  # noqa: E402
 from mmfusion.data.rows import UNLABELED, LabelEncoder, infer_class_names, is_missing_label  # noqa: E402
 from mmfusion.evaluation.metrics import best_model_metric, classification_metrics, metric_key  # noqa: E402
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text_column", default=None, help="default: tweet (Davidson's), else text")
     parser.add_argument("--label_column", default=None, help="default: class (Davidson's), else label")
     parser.add_argument("--label_names", nargs="+", default=None, help="default: Davidson's, else from the data")
-    parser.add_argument("--fusions", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
+    parser.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=list(FUSIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--validation", type=int, default=300)

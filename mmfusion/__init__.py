@@ -7,7 +7,8 @@ without `trust_remote_code`. Saved checkpoints also carry the model code, for us
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoProcessor
 
-from .configuration_mmfusion import FUSION_TYPES, FUSIONS, MMFusionConfig
+from .configuration_mmfusion import MMFusionConfig
+from .fusions import FUSIONS, EmbeddingFusion, Fusion, FusionInputs, FusionSetting, TokenFusion
 from .modeling_mmfusion import (
     MMFusionClassifierOutput,
     MMFusionForClassification,
@@ -25,7 +26,10 @@ AutoProcessor.register(MMFusionConfig, MMFusionProcessor, exist_ok=True)
 
 __all__ = [
     "FUSIONS",
-    "FUSION_TYPES",
+    "EmbeddingFusion",
+    "Fusion",
+    "FusionInputs",
+    "FusionSetting",
     "MMFusionClassifierOutput",
     "MMFusionConfig",
     "MMFusionForClassification",
@@ -33,6 +37,7 @@ __all__ = [
     "MMFusionModelOutput",
     "MMFusionPreTrainedModel",
     "MMFusionProcessor",
+    "TokenFusion",
     "default_image_processor",
     "load_torchvision_resnet",
     "to_rgb",

@@ -20,9 +20,10 @@ from transformers import (
 )
 
 from mmfusion import MMFusionForClassification, MMFusionModel, MMFusionProcessor
+from mmfusion.fusions import fusion_names
 from mmfusion.torchvision_resnet import convert_torchvision_resnet_state_dict
 
-FUSIONS = ["early", "concat", "attention", "text", "image"]
+FUSIONS = fusion_names()  # every registered fusion
 
 
 def example_pair():

@@ -18,8 +18,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_MAPPING_NAMES,
 )
 
-from mmfusion import FUSION_TYPES, MMFusionConfig, MMFusionForClassification, MMFusionModel, MMFusionProcessor
-from mmfusion.modeling_mmfusion import FUSION_MODULES
+from mmfusion import FUSIONS, MMFusionConfig, MMFusionForClassification, MMFusionModel, MMFusionProcessor
 from mmfusion.processing_mmfusion import default_image_processor
 
 try:
@@ -112,7 +111,7 @@ class MMFusionModelTester:
         self.num_attention_heads = self.text_config.num_attention_heads
         self.vocab_size = self.text_config.vocab_size
         self.num_image_tokens = 4
-        if FUSION_MODULES[fusion].encodes_image_tokens:
+        if FUSIONS[fusion].encodes_image_tokens:
             # the text encoder runs over caption and image tokens together
             self.encoder_seq_length = self.seq_length + self.num_image_tokens
         self.vision_model_tester = VisionTowerTester(self)
@@ -179,12 +178,18 @@ class MMFusionConformanceBase(ModelTesterMixin):
         self.config_tester.run_common_tests()
 
 
-for _fusion in FUSION_TYPES:
-    _name = f"{_fusion.title()}FusionConformanceTest"
-    _namespace = {"fusion": _fusion, "__module__": __name__, "__qualname__": _name}
-    for _test, _reason in _excluded_tests(_fusion).items():
-        _namespace[_test] = unittest.skip(f"excluded: {_reason}")(lambda self: None)
-    globals()[_name] = type(_name, (MMFusionConformanceBase, unittest.TestCase), _namespace)
+def conformance_test_class(fusion: str, module: str = __name__) -> type:
+    """The common suite for one registered fusion, as a `unittest.TestCase` to bind to a name in a test module."""
+    name = f"{fusion.title().replace('_', '')}FusionConformanceTest"
+    namespace = {"fusion": fusion, "__module__": module, "__qualname__": name}
+    for test, reason in _excluded_tests(fusion).items():
+        namespace[test] = unittest.skip(f"excluded: {reason}")(lambda self: None)
+    return type(name, (MMFusionConformanceBase, unittest.TestCase), namespace)
+
+
+for _fusion in FUSIONS:
+    _test_class = conformance_test_class(_fusion)
+    globals()[_test_class.__name__] = _test_class
 
 
 class MMFusionProcessorConformanceTest(ProcessorTesterMixin, unittest.TestCase):

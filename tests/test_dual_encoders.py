@@ -16,6 +16,7 @@ from torch.testing import assert_close
 from transformers import CLIPTextModel, CLIPVisionModel
 
 from mmfusion import FUSIONS, MMFusionForClassification, MMFusionProcessor
+from mmfusion.fusions import fusion_names
 from mmfusion.training.arguments import ModelArguments
 from mmfusion.training.inputs import tokenize_captions
 from mmfusion.training.setup import build_processor, resolve_image_size
@@ -119,7 +120,7 @@ def test_processor_uses_the_checkpoints_normalisation_and_token_limit(tmp_path):
 
 def test_early_fusion_with_a_dual_encoder_text_tower_is_refused_naming_what_works(dual_encoder):
     _, folder, _ = dual_encoder
-    with pytest.raises(ValueError, match="With this tower use fusion= concat, attention, cross, align, late"):
+    with pytest.raises(ValueError, match="With this tower use fusion= " + ", ".join(EMBEDDING_FUSIONS)):
         MMFusionForClassification.from_text_vision_pretrained(str(folder), str(folder), fusion="early")
 
 
@@ -162,7 +163,7 @@ def test_hub_user_without_mmfusion_loads_dual_encoder_models(dual_encoder, tmp_p
     processor = processor_for(folder)
     expected, folders = {}, []
     image = Image.new("RGB", (48, 40), (200, 30, 30))
-    for fusion in ("cross", "align", "late", "concat"):
+    for fusion in fusion_names(reads_embeddings=True, needs_text=True, needs_image=True):
         saved = tmp_path / fusion
         model = MMFusionForClassification.from_text_vision_pretrained(
             str(folder), str(folder), fusion=fusion, num_labels=2, freeze_text_encoder=True, freeze_vision_encoder=True

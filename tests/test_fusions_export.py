@@ -1,4 +1,4 @@
-"""The fusions that read embeddings (cross, align, late, concat) export to ONNX with parity, on BERT+ResNet and CLIP."""
+"""The two-tower fusions that read embeddings export to ONNX with parity, on BERT+ResNet and CLIP."""
 
 import json
 
@@ -10,13 +10,14 @@ from tiny_models import tiny_clip_checkpoint, tiny_model, tiny_processor, tiny_s
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from mmfusion import MMFusionForClassification
+from mmfusion.fusions import fusion_names
 from mmfusion.inference import ONNX_FILENAME, OnnxBackend, export_onnx
 from mmfusion.training.arguments import ModelArguments
 from mmfusion.training.setup import build_processor, resolve_image_size
 
 pytest.importorskip("onnxruntime")
 
-NEW_FUSIONS = ["cross", "align", "late"]
+NEW_FUSIONS = fusion_names(reads_embeddings=True, needs_text=True, needs_image=True)
 CAPTIONS = ["", "a cat", "a much longer caption about a dog that barks at the mailman"]
 
 

@@ -5,8 +5,11 @@ from torch.testing import assert_close
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmfusion import MMFusionForClassification
+from mmfusion.fusions import fusion_names
 
-FUSIONS = ["early", "concat", "attention"]
+FUSIONS = fusion_names(needs_text=True, needs_image=True)  # the two-tower fusions
+# Known (issue 21): align's default 32-dim map barely learns on tiny towers (loss 0.70 -> 0.25 in 40 steps).
+SLOW_ALIGN = "align with its default 32-dim map learns too slowly to overfit in 40 steps"
 
 
 def batch(batch_size=4, seq_len=9, num_labels=2, seed=0):
@@ -37,7 +40,13 @@ def test_forward_backward_gives_loss_logits_and_gradients(fusion, freeze_vision_
     assert not missing, f"parameters without gradient: {missing}"
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize(
+    "fusion",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=SLOW_ALIGN)) if name == "align" else name
+        for name in FUSIONS
+    ],
+)
 def test_overfits_a_fixed_batch(fusion):
     torch.manual_seed(0)
     model = tiny_model(fusion).train()

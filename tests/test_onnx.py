@@ -11,10 +11,11 @@ from sklearn.metrics import roc_auc_score
 from tiny_models import tiny_model, tiny_processor
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
+from mmfusion.fusions import fusion_names
 from mmfusion.inference import INT8_ONNX_FILENAME, ONNX_FILENAME, MMFusionPredictor, OnnxBackend, export_onnx
 from mmfusion.inference.export import main as export_main
 
-FUSIONS = ["early", "concat", "attention"]
+FUSIONS = fusion_names(reads_embeddings=False)  # the embedding fusions: test_fusions_export.py
 BATCH_SIZES = [1, 3, 8]
 CAPTIONS = {
     "short": ["hi"],

@@ -10,6 +10,7 @@ from torch.testing import assert_close
 from transformers import BertModel, ResNetModel
 
 from mmfusion import MMFusionForClassification
+from mmfusion.fusions import FUSIONS, fusion_names
 from mmfusion.inference.predictor import MMFusionPredictor
 from mmfusion.modeling_mmfusion import pool_text, sentence_transformers_pooling
 
@@ -75,7 +76,7 @@ def test_pool_text_modes():
     assert_close(pool_text(None, states, mask, pooled, "pooler"), pooled)
 
 
-@pytest.mark.parametrize("fusion", ["text", "early", "concat"])
+@pytest.mark.parametrize("fusion", fusion_names(uses_text_pooler=True))
 def test_text_pooling_changes_what_the_classifier_reads(fusion):
     torch.manual_seed(0)
     base = tiny_model(fusion, text_pooling="cls").eval()
@@ -151,7 +152,7 @@ def test_unimodal_models_export_to_onnx(fusion, tmp_path):
     )
 
 
-@pytest.mark.parametrize("fusion", ["early", "attention", "concat"])
+@pytest.mark.parametrize("fusion", [name for name, fusion in FUSIONS.items() if "image_gate" in fusion.settings])
 def test_image_gate_starts_from_the_text_alone_and_learns(fusion):
     torch.manual_seed(0)
     model = tiny_model(fusion, image_gate=True).eval()

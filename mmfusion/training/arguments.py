@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..configuration_mmfusion import FUSION_TYPES, TEXT_POOLINGS
+from ..configuration_mmfusion import TEXT_POOLINGS
+from ..fusions import FUSIONS, fusion_names, fusion_settings
 
 
 @dataclass
 class ModelArguments:
-    fusion: str = field(
-        default="early", metadata={"help": "How the towers are joined.", "choices": list(FUSION_TYPES)}
-    )
+    """The model's arguments that are not a fusion's own settings; `model_arguments_class()` adds those (and the
+    `--fusion` choices) from the fusion registry, so a fusion's setting is declared once, on the fusion."""
+
+    fusion: str = field(default="early", metadata={"help": "How the towers are joined (a name in FUSIONS)."})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "An mmfusion checkpoint (folder or Hub id) to fine-tune or evaluate."}
     )
@@ -52,28 +54,20 @@ class ModelArguments:
     num_image_tokens: int | None = field(
         default=None, metadata={"help": "Image tokens for early/attention fusion. Default: the grid, at most 49."}
     )
-    fusion_hidden_size: int = field(default=512, metadata={"help": "Attention fusion's width; late fusion's heads."})
-    fusion_num_heads: int = 8
-    fusion_map_dim: int = field(
-        default=32, metadata={"help": "cross/align: width of the maps of the text and image embeddings (map_dim)."}
-    )
-    fusion_num_pre_output_layers: int = field(
-        default=1, metadata={"help": "cross/align: linear+ReLU+dropout layers before the classifier."}
-    )
-    fusion_map_dropout: float = 0.1
-    fusion_pre_output_dropout: float = 0.4
     text_pooling: str | None = field(
         default=None,
         metadata={
-            "help": "pooler | cls | mean: how the caption becomes one vector (early, concat, cross, align, late, "
-            "text). Default: a sentence-transformers tower's own pooling, else pooler.",
+            "help": "pooler | cls | mean: how the caption becomes one vector (for "
+            + ", ".join(fusion_names(uses_text_pooler=True))
+            + "). Default: a sentence-transformers tower's own pooling, else pooler.",
             "choices": list(TEXT_POOLINGS),
         },
     )
     image_gate: bool | None = field(
         default=None,
         metadata={
-            "help": "early/concat/attention: let the image in through a learned gate that starts (nearly) closed, so "
+            "help": "/".join(name for name, fusion in FUSIONS.items() if "image_gate" in fusion.settings)
+            + ": let the image in through a learned gate that starts (nearly) closed, so "
             "training starts from the pretrained text tower's behaviour (see MMFusionConfig.image_gate). Default: on "
             "with --text_model_name_or_path, off for the small random towers (nothing to preserve)."
         },
@@ -101,6 +95,25 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=1000, metadata={"help": "Vocabulary of the tokenizer trained on the captions (small text tower)."}
     )
+
+
+def model_arguments_class() -> type[ModelArguments]:
+    """`ModelArguments` with `--fusion`'s choices and one flag per fusion setting, read from the fusion registry now
+    (so a fusion registered after import, e.g. in a user's module, gets its flags too)."""
+    fields = [
+        (
+            "fusion",
+            str,
+            field(default="early", metadata={"help": "How the towers are joined.", "choices": list(FUSIONS)}),
+        )
+    ]
+    for name, setting in fusion_settings().items():
+        if name in ModelArguments.__dataclass_fields__:  # declared above, with its own command-line default
+            continue
+        users = ", ".join(fusion for fusion, cls in FUSIONS.items() if name in cls.settings)
+        help_text = f"({users}) {setting.help}"
+        fields.append((name, setting.value_type, field(default=setting.default, metadata={"help": help_text})))
+    return make_dataclass("ModelArguments", fields, bases=(ModelArguments,))
 
 
 @dataclass
@@ -139,7 +152,9 @@ class DataArguments:
     cache_text_embeddings: bool = field(
         default=True,
         metadata={
-            "help": "With a frozen text tower and a fusion that reads embeddings (concat, cross, align, late), "
+            "help": "With a frozen text tower and a fusion that reads embeddings ("
+            + ", ".join(fusion_names(reads_embeddings=True))
+            + "), "
             "compute the caption embeddings once and reuse them."
         },
     )
@@ -188,7 +203,7 @@ def launcher_defaults() -> dict:
 
 
 def argument_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return HfArgumentParser((model_arguments_class(), DataArguments, TrainingArguments))
 
 
 def read_config_file(path: str | Path) -> dict:

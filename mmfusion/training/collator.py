@@ -82,8 +82,7 @@ class MMFusionCollator:
             batch[IMAGE_FEATURES] = self._stack(rows, IMAGE_FEATURES).float()
         elif PIXELS in first:
             batch["pixel_values"] = self._normalise(self._stack(rows, PIXELS))
-        else:
-            raise KeyError(f"Rows need {IMAGE_EMBEDS!r}, {IMAGE_FEATURES!r} or {PIXELS!r}; got {sorted(first)}")
+        # else: no image column, prepared for a model without a vision tower (the text-only baseline)
         labels = [int(row["label"]) for row in rows] if "label" in first else []
         if labels and min(labels) >= 0:  # unlabeled rows (-1) get no loss
             batch["labels"] = torch.tensor(labels, dtype=torch.long)

@@ -5,12 +5,13 @@ every step of every epoch. Here each of those happens once per dataset:
 
 - captions are tokenized once, unpadded (the collator pads each batch to its own longest caption);
 - with a frozen vision tower, its feature maps are computed once (`image_features`, float32) — training then only
-  runs the part that learns; for the fusions that read one vector per modality (`concat`, `cross`, `align`,
-  `late`: `FusionType.reads_embeddings`) the image embeddings instead (`image_embeds`, float32 (D,));
+  runs the part that learns; for the fusions that read one vector per modality (`Fusion.reads_embeddings`) the
+  image embeddings instead (`image_embeds`, float32 (D,));
 - with a frozen text tower and such a fusion, the text embeddings too (`text_embeds`): with both towers frozen
   (CLIP + cross fusion, Hate-CLIPper's recipe) an epoch runs the fusion head alone;
 - with a trained vision tower, images are decoded and resized once to uint8 pixels (`pixels`, 4x smaller than
-  floats); the collator normalises them on the fly.
+  floats); the collator normalises them on the fly;
+- for a model without a vision tower (the text-only baseline), no image is decoded at all.
 
 Results are Arrow files in the `datasets` cache, memory-mapped rather than loaded into RAM. Their fingerprints combine
 the source dataset's fingerprint (which changes when an image or caption file changes, see `mmfusion.data`) with a
@@ -31,7 +32,7 @@ import torch
 from datasets import Array3D, Dataset, DatasetDict, Features
 from datasets.fingerprint import Hasher
 
-from ..configuration_mmfusion import FUSIONS
+from ..fusions import FUSIONS, fusion_names
 from ..parallel import image_thread_pool
 from ..processing_mmfusion import MMFusionProcessor, to_rgb, to_uint8
 
@@ -254,7 +255,8 @@ def _sample_shape(features_of, pixel_values_of, ndim: int) -> tuple[int, ...]:
     if sample.ndim != ndim:
         raise ValueError(
             f"Feature caching stores (C, H, W) feature maps; this vision tower returns shape {sample.shape}: "
-            "cache it with a fusion that reads embeddings (concat, cross, align, late), or train on pixels "
+            f"cache it with a fusion that reads embeddings ({', '.join(fusion_names(reads_embeddings=True))}), or "
+            "train on pixels "
             "(--cache_image_features false)."
         )
     return tuple(int(d) for d in sample.shape)
@@ -378,10 +380,11 @@ def prepare_model_inputs(
     if use_text_embeddings and not (model.config.freeze_text_encoder and reads_embeddings):
         raise ValueError(
             "Precomputed text embeddings need a frozen text tower (freeze_text_encoder=True) and a fusion that "
-            f"reads embeddings ({', '.join(name for name, fusion in FUSIONS.items() if fusion.reads_embeddings)})."
+            f"reads embeddings ({', '.join(fusion_names(reads_embeddings=True))})."
         )
-    # A unimodal baseline has no tower for the other modality: nothing to encode for it.
-    use_image_features = use_image_features and FUSIONS[model.config.fusion].needs_image
+    # A unimodal baseline has no tower for the other modality: nothing to encode (or decode) for it.
+    needs_image = FUSIONS[model.config.fusion].needs_image
+    use_image_features = use_image_features and needs_image
     use_text_embeddings = use_text_embeddings and FUSIONS[model.config.fusion].needs_text
     splits = dataset if isinstance(dataset, DatasetDict) else {None: dataset}
     # hashed once for all splits: it reads every weight of the tower
@@ -417,7 +420,7 @@ def prepare_model_inputs(
                 tower_fingerprint=tower_fingerprint,
                 cache_dir=cache_dir,
             )
-        else:
+        elif needs_image:
             split = resize_images(split, processor.image_processor, cache_dir=cache_dir)
         # dtype=None keeps the stored dtypes (uint8 pixels stay uint8); the numpy formatter's default widens every
         # integer array to int64, 8x the bytes per batch.

@@ -14,6 +14,7 @@ from transformers.utils import logging
 from ..checkpoints import check_checkpoint
 from ..configuration_mmfusion import DUAL_ENCODER_TOWERS, MMFusionConfig
 from ..data import load_image_text_dataset
+from ..fusions import fusion_settings
 from ..modeling_mmfusion import MMFusionForClassification
 from ..processing_mmfusion import MMFusionProcessor, default_image_processor
 from ..torchvision_resnet import torchvision_architecture
@@ -170,12 +171,6 @@ def build_model(
         fusion=model_args.fusion,
         image_size=image_size,
         num_image_tokens=model_args.num_image_tokens,  # None: the tower's grid, at most 7x7
-        fusion_hidden_size=model_args.fusion_hidden_size,
-        fusion_num_heads=model_args.fusion_num_heads,
-        fusion_map_dim=model_args.fusion_map_dim,
-        fusion_num_pre_output_layers=model_args.fusion_num_pre_output_layers,
-        fusion_map_dropout=model_args.fusion_map_dropout,
-        fusion_pre_output_dropout=model_args.fusion_pre_output_dropout,
         classifier_dropout=model_args.classifier_dropout,
         modality_dropout=model_args.modality_dropout,
         freeze_text_encoder=model_args.freeze_text_encoder,
@@ -183,6 +178,14 @@ def build_model(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
+    )
+    # The fusions' own settings (flags from `model_arguments_class`); a bare `ModelArguments` leaves the defaults.
+    settings.update(
+        {
+            name: getattr(model_args, name)
+            for name in fusion_settings()
+            if name != "image_gate" and hasattr(model_args, name)
+        }
     )
     if model_args.image_gate is not None:  # else: on for pretrained towers (from_text_vision_pretrained), off here
         settings["image_gate"] = model_args.image_gate

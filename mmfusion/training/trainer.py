@@ -15,9 +15,6 @@ from ..files import atomic_write_text
 from .collator import MMFusionCollator
 from .inputs import IMAGE_EMBEDS, IMAGE_FEATURES, TEXT_EMBEDS, resized_uint8_pixels
 
-# Parameter-name prefixes of the pretrained towers; everything else (fusion layers, classifier) starts fresh.
-TOWER_PREFIXES = ("mmfusion.text_model.", "mmfusion.vision_model.")
-
 
 class MMFusionTrainer(Trainer):
     """transformers' Trainer plus `fusion_learning_rate`: a learning rate of its own for the fresh layers (fusion
@@ -31,8 +28,11 @@ class MMFusionTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if self.fusion_learning_rate is None:
             return optimizer
-        named = (model if model is not None else self.model).named_parameters()
-        fresh = {id(p) for name, p in named if not name.startswith(TOWER_PREFIXES)}
+        model = model if model is not None else self.model
+        # The model says which parameters belong to its towers (their projections included); the rest is fresh.
+        base = model.base_model
+        towers = base.tower_parameter_names(prefix="" if base is model else f"{model.base_model_prefix}.")
+        fresh = {id(p) for name, p in model.named_parameters() if name not in towers}
         groups = []
         for group in optimizer.param_groups:  # the Trainer's decay / no-decay groups, each split towers / fresh
             for is_fresh in (False, True):
