@@ -50,7 +50,7 @@ class LoaderArguments:
         default=None,
         metadata={
             "help": "Class names in label order, space- or comma-separated (e.g. negative neutral positive). "
-            "Default: the sorted string labels, or 0..N-1 for integer labels."
+            "Default: %(default)s, i.e. the sorted string labels, or 0..N-1 for integer labels."
         },
     )
     encoding: str = field(
@@ -67,14 +67,19 @@ class LoaderArguments:
     )
     allow_outside_images: bool = field(
         default=False,
-        metadata={"help": "Accept image paths that leave the dataset folder (../, absolute paths, symlinks out)."},
+        metadata={
+            "help": "Accept image paths that leave the dataset folder (../, absolute paths, symlinks out). Default: %(default)s"
+        },
     )
     max_image_pixels: int = field(
         default=DEFAULT_MAX_IMAGE_PIXELS,
         metadata={"help": "Images with more pixels are bad rows (decompression-bomb guard). Default: %(default)s"},
     )
     cache_dir: str | None = field(
-        default=None, metadata={"help": "datasets cache directory for the loaded data. Default: datasets' own."}
+        default=None,
+        metadata={
+            "help": "datasets cache directory for the loaded data. Default: %(default)s, i.e. datasets' own (the demo's: its folder)."
+        },
     )
     demo_seed: int = field(default=0, metadata={"help": "Seed of the generated demo dataset. Default: %(default)s"})
 
