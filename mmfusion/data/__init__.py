@@ -15,6 +15,9 @@ Every row goes through one `RowChecker` (`rows.py`). Bad rows raise `BadRowError
 evaluation rows that are in train too (`LoadReport.overlap`). File-based loads are cached by `datasets`, keyed on a
 signature of the input files, so edited inputs are rebuilt.
 
+The options the loaders share (column names, class order, `on_bad_rows`, ...) are declared once, with their defaults
+and help, in `LoaderArguments` (`options.py`); every command that loads data parses that dataclass.
+
 To look at data: `describe(dataset_dict)`, `save_grid(dataset, "grid.png")`, or the `mmfusion-data` CLI (`cli.py`).
 """
 
@@ -33,6 +36,7 @@ from .files import ImageTextBuilder, ImageTextConfig, ImageTextFiles, ImageTextF
 from .hateful_memes import HATEFUL_MEMES_CLASS_NAMES, HatefulMemes, load_hateful_memes
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .in_memory import from_dataset
+from .options import LoaderArguments
 from .rows import image_text_features, train_eval_overlap
 from .sources import detect_kind, is_hub_name, load_image_text_dataset
 
@@ -48,6 +52,7 @@ __all__ = [
     "ImageTextFiles",
     "ImageTextFilesConfig",
     "LoadReport",
+    "LoaderArguments",
     "default_demo_root",
     "demo_cues",
     "demo_rule",

@@ -6,7 +6,9 @@ mmfusion-data grid SOURCE --split train --out grid.png      # a PNG grid of exam
 ```
 
 SOURCE is anything `train.py --dataset` accepts (see `load_image_text_dataset`): `demo`, a Hateful Memes folder, a
-`.jsonl`/`.csv`/`.tsv` file, or a Hugging Face Hub dataset name.
+`.jsonl`/`.csv`/`.tsv` file, or a Hugging Face Hub dataset name. The options that say how to read it
+(`--image-column`, `--class-names`, `--on-bad-rows`, ...) are `LoaderArguments` (`options.py`), the same in every
+command; write them after SOURCE, as `--class-names a b` and `--allow-outside-images` may take the next word as a value.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from collections import Counter
 from typing import Any, TextIO
 
 import datasets
+from transformers import HfArgumentParser
 
 from ..processing_mmfusion import to_rgb
 from .errors import BadRowError
-from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .options import LoaderArguments
 from .sources import load_image_text_dataset
 
 DEFAULT_CELL_SIZE = (3.0, 3.4)  # inches per example (width, height): room for the image and a wrapped caption
@@ -147,33 +150,28 @@ def save_grid(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmfusion-data", description="Look at image+text classification data.")
+    parser = argparse.ArgumentParser(
+        prog="mmfusion-data",
+        description="Look at image+text classification data.",
+        epilog="The data options (--image-column, --on-bad-rows, ...) are the same in train.py, mmfusion-predict and "
+        "mmfusion-export (mmfusion.data.LoaderArguments).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    # Every subcommand loads data, so every one takes all the loader options, parsed from the one dataclass.
+    loader_options = HfArgumentParser(LoaderArguments, add_help=False)
 
-    def add_source_arguments(command: argparse.ArgumentParser) -> None:
+    def add_source_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help, parents=[loader_options])
         command.add_argument(
             "source", help="'demo', a Hateful Memes folder, a .jsonl/.csv/.tsv file, or a Hub dataset"
         )
-        command.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
-        command.add_argument("--cache-dir", default=None, help="datasets cache directory")
-        command.add_argument("--seed", type=int, default=0, help="demo seed")
-        command.add_argument("--image-column", default="image")
-        command.add_argument("--text-column", default="text")
-        command.add_argument("--label-column", default="label")
-        command.add_argument("--id-column", default="id")
-        command.add_argument("--class-names", default=None, help="comma-separated class names, in label order")
-        command.add_argument("--encoding", default="utf-8", help="text encoding of the split files")
-        command.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
-        command.add_argument(
-            "--allow-outside-images",
-            action="store_true",
-            help="accept image paths that leave the dataset folder (../, absolute paths, symlinks pointing out)",
-        )
+        # Before the options were shared this command called the demo seed --seed (train.py's --seed is the
+        # Trainer's); kept as a hidden spelling of --demo-seed.
+        command.add_argument("--seed", dest="demo_seed", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return command
 
-    stats = commands.add_parser("stats", help="split sizes, label balance and train/evaluation overlap")
-    add_source_arguments(stats)
-    grid = commands.add_parser("grid", help="save a PNG grid of examples")
-    add_source_arguments(grid)
+    add_source_command("stats", "split sizes, label balance and train/evaluation overlap")
+    grid = add_source_command("grid", "save a PNG grid of examples")
     grid.add_argument("--split", default="train")
     grid.add_argument("--out", default="grid.png")
     grid.add_argument("--num-examples", type=int, default=16)
@@ -183,21 +181,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace):
     """Every option goes to the one dispatch; those a source does not use are at their defaults, which it accepts."""
-    return load_image_text_dataset(
-        args.source,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-        on_bad_rows=args.on_bad_rows,
-        image_column=args.image_column,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        id_column=args.id_column,
-        class_names=args.class_names.split(",") if args.class_names else None,
-        encoding=args.encoding,
-        max_image_pixels=args.max_image_pixels,
-        allow_outside_images=args.allow_outside_images,
-        return_report=True,
-    )
+    options = LoaderArguments.from_namespace(args)
+    return load_image_text_dataset(args.source, **options.as_loader_kwargs(), return_report=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from ..processing_mmfusion import to_rgb
 from .errors import mmfusion_cache_dir
 from .hateful_memes import HATEFUL_MEMES_CLASS_NAMES, load_hateful_memes
-from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .options import LoaderArguments
 
 DEMO_VERSION = "1"
 DEMO_CLASS_NAMES = list(HATEFUL_MEMES_CLASS_NAMES)
@@ -195,15 +195,15 @@ def make_demo_folder(
 
 
 def load_demo_dataset(
-    seed: int = 0,
+    seed: int = LoaderArguments.demo_seed,
     root: str | os.PathLike | None = None,
     *,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = LoaderArguments.cache_dir,
     num_train: int = DEMO_SPLIT_SIZES["train"],
     num_validation: int = DEMO_SPLIT_SIZES["validation"],
     num_test: int = DEMO_SPLIT_SIZES["test"],
-    on_bad_rows: str = "error",
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    on_bad_rows: str = LoaderArguments.on_bad_rows,
+    max_image_pixels: int = LoaderArguments.max_image_pixels,
     report_path: str | os.PathLike | None = None,
     return_report: bool = False,
 ):

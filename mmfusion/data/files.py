@@ -68,12 +68,14 @@ except ImportError:  # datasets < 5 takes plain int keys
 
 from ..parallel import image_thread_pool, ordered_map
 from .errors import REPORT_FILENAME, BadRowError, LoadReport, check_on_bad_rows, find_bad_row_error
-from .images import DEFAULT_MAX_IMAGE_PIXELS
-from .readers import DEFAULT_ENCODING, SUPPORTED_EXTENSIONS, ParsedLine, read_table
+from .options import LoaderArguments
+from .readers import SUPPORTED_EXTENSIONS, ParsedLine, read_table
 from .rows import MISSING, RawRow, RowChecker, finish_load, image_text_features, infer_class_names, is_missing_label
 
-DEFAULT_ID_COLUMN = "id"
-DEFAULT_LABEL_COLUMN = "label"
+# The defaults of every option are `LoaderArguments`' (the class attributes of a dataclass are its defaults); these two
+# are also compared with, to tell a column named explicitly from the default one.
+DEFAULT_ID_COLUMN = LoaderArguments.id_column
+DEFAULT_LABEL_COLUMN = LoaderArguments.label_column
 
 
 def files_signature(paths: Iterable[str | os.PathLike]) -> str:
@@ -111,10 +113,10 @@ class ImageTextConfig(datasets.BuilderConfig):
             Signature of the input files (computed by the builder when not given).
     """
 
-    on_bad_rows: str = "error"
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    allow_outside_images: bool = False
-    encoding: str = DEFAULT_ENCODING
+    on_bad_rows: str = LoaderArguments.on_bad_rows
+    max_image_pixels: int = LoaderArguments.max_image_pixels
+    allow_outside_images: bool = LoaderArguments.allow_outside_images
+    encoding: str = LoaderArguments.encoding
     input_signature: str | None = None
 
     def __post_init__(self):
@@ -351,11 +353,11 @@ class ImageTextFilesConfig(ImageTextConfig):
     """Config of `ImageTextFiles`: the split files, the column names and the class order (see module docstring)."""
 
     split_files: dict[str, str] | None = None
-    image_column: str = "image"
-    text_column: str = "text"
-    label_column: str = DEFAULT_LABEL_COLUMN
-    id_column: str | None = DEFAULT_ID_COLUMN
-    class_names: list[str] | None = None
+    image_column: str = LoaderArguments.image_column
+    text_column: str = LoaderArguments.text_column
+    label_column: str = LoaderArguments.label_column
+    id_column: str | None = LoaderArguments.id_column
+    class_names: list[str] | None = LoaderArguments.class_names
 
 
 class ImageTextFiles(ImageTextBuilder):
@@ -381,7 +383,7 @@ class ImageTextFiles(ImageTextBuilder):
             name: kwargs.get(f"{name}_column", getattr(ImageTextFilesConfig, f"{name}_column"))
             for name in ("image", "text", "label", "id")
         }
-        encoding = kwargs.get("encoding", DEFAULT_ENCODING)
+        encoding = kwargs.get("encoding", ImageTextFilesConfig.encoding)
         self._parsed = {}
         tables = {
             split: self.parse(path, encoding=encoding, id_column=columns["id"]) for split, path in split_files.items()

@@ -30,7 +30,6 @@ from functools import partial
 import datasets
 
 from .files import ImageTextBuilder, ImageTextConfig, build_dataset_dict, files_signature
-from .readers import DEFAULT_ENCODING
 from .rows import MISSING, RawRow, is_missing_label
 
 HATEFUL_MEMES_CLASS_NAMES = ["not_hateful", "hateful"]
@@ -97,7 +96,7 @@ class HatefulMemes(ImageTextBuilder):
             )
         self._parsed = {}
         if kwargs.get("input_signature") is None:
-            kwargs["input_signature"] = self._signature(data_dir, kwargs.get("encoding", DEFAULT_ENCODING))
+            kwargs["input_signature"] = self._signature(data_dir, kwargs.get("encoding", ImageTextConfig.encoding))
         super().__init__(*args, data_dir=data_dir, **kwargs)
 
     def _signature(self, data_dir: str, encoding: str) -> str:

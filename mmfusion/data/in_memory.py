@@ -25,7 +25,7 @@ from datasets.fingerprint import Hasher
 
 from .errors import BadRowError, LoadReport, SplitReport, check_on_bad_rows, mmfusion_cache_dir
 from .files import DEFAULT_ID_COLUMN, DEFAULT_LABEL_COLUMN, files_signature
-from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .options import LoaderArguments
 from .rows import MISSING, RawRow, RowChecker, finish_load, image_text_features, infer_class_names, is_missing_label
 
 _BAD_COLUMN = "__mmfusion_bad_row"
@@ -99,17 +99,17 @@ def from_dataset(
     dataset: datasets.Dataset | datasets.DatasetDict,
     *,
     split: str = "train",
-    image_column: str = "image",
-    text_column: str = "text",
-    label_column: str = DEFAULT_LABEL_COLUMN,
-    id_column: str | None = DEFAULT_ID_COLUMN,
-    class_names: list[str] | None = None,
+    image_column: str = LoaderArguments.image_column,
+    text_column: str = LoaderArguments.text_column,
+    label_column: str = LoaderArguments.label_column,
+    id_column: str | None = LoaderArguments.id_column,
+    class_names: list[str] | None = LoaderArguments.class_names,
     base_dir: str | os.PathLike | None = None,
-    on_bad_rows: str = "error",
+    on_bad_rows: str = LoaderArguments.on_bad_rows,
     report_path: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    allow_outside_images: bool = False,
+    cache_dir: str | os.PathLike | None = LoaderArguments.cache_dir,
+    max_image_pixels: int = LoaderArguments.max_image_pixels,
+    allow_outside_images: bool = LoaderArguments.allow_outside_images,
     return_report: bool = False,
     source_name: str = "in-memory dataset",
 ):

@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers import HfArgumentParser
 
+from ..data.options import LoaderArguments
 from ..evaluation.ablation import blank_image
 from .backends import INT8_ONNX_FILENAME, MODEL_INPUT_NAMES, ONNX_FILENAME, OnnxBackend
 from .quantization import CALIBRATION_METHODS, DEFAULT_OP_TYPES, quantize_int8, quantize_int8_static
@@ -153,7 +155,8 @@ def export_onnx(
             The export is run on a check batch with ONNX Runtime and compared with PyTorch; a larger maximum absolute
             logit difference is logged as a warning.
         load_options:
-            Passed to `load_image_text_dataset` for `calibration` (`cache_dir`, `text_column`, ...).
+            Passed to `load_image_text_dataset` for `calibration`: the fields of `mmfusion.data.LoaderArguments`
+            (`cache_dir`, `text_column`, `on_bad_rows`, ...), as `mmfusion-export` passes them.
 
     Returns:
         `ExportInfo`: inputs, outputs, the measured difference and the files written (also in `onnx_export.json`).
@@ -374,10 +377,16 @@ def max_logit_difference(model: nn.Module, onnx_path: Path, inputs: dict[str, to
     return float(np.abs(expected - actual).max())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> HfArgumentParser:
+    # How to read --calibration DATA: `LoaderArguments`, parsed from the one dataclass as in every command that loads
+    # data; the plain help formatter keeps this command's own "default: ..." wording.
+    parser = HfArgumentParser(
+        LoaderArguments,
         prog="mmfusion-export",
         description="Export an mmfusion checkpoint to ONNX (model.onnx + config + processor files).",
+        epilog="The data options (--image-column, --on-bad-rows, ...) apply to --calibration DATA and are the same in "
+        "train.py, mmfusion-data and mmfusion-predict.",
+        formatter_class=argparse.HelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint folder or Hub id")
     parser.add_argument("output_dir", help="folder to write model.onnx and the processor files to")
@@ -431,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             calibrate_method=args.calibrate_method,
             evaluation_size=args.evaluation_size,
             opset_version=args.opset,
+            **LoaderArguments.from_namespace(args).as_loader_kwargs(),
         )
     except (BadRowError, OSError, ValueError) as error:
         print(f"mmfusion-export: error: {error}", file=sys.stderr)

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import HfArgumentParser
 
+from ..data.options import LoaderArguments
 from ..evaluation.predictions import OUTPUT_FORMATS, Predictions
 from .backends import BACKENDS, ONNX_FILENAME
 from .images import ImageCheckError, ImageInput
@@ -72,11 +74,17 @@ def predict(
     return predictor.predict_file(input, split=split, **options)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> HfArgumentParser:
+    # The options that say how to read --input are `LoaderArguments`, parsed from the one dataclass as in every command
+    # that loads data; the plain help formatter keeps this command's own "default: ..." wording.
+    parser = HfArgumentParser(
+        LoaderArguments,
         prog="mmfusion-predict",
         description="Classify (image, caption) pairs with an mmfusion checkpoint or ONNX export.",
-        epilog="Bad rows of --input stop with an error naming file, line and id, unless --on-bad-rows skip.",
+        epilog="Bad rows of --input stop with an error naming file, line and id, unless --on-bad-rows skip. The data "
+        "options (--image-column, --text-column, --on-bad-rows, ...) are the same in train.py, mmfusion-data and "
+        "mmfusion-export.",
+        formatter_class=argparse.HelpFormatter,
     )
     parser.add_argument(
         "checkpoint", help="checkpoint folder or Hub id (or an mmfusion-export folder for --backend onnx)"
@@ -89,13 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", help="'demo', a Hateful-Memes-layout folder, a .jsonl/.csv/.tsv file, or a Hub dataset name"
     )
     data.add_argument("--split", help="split to predict (e.g. test_unseen); needed when the input has several")
-    data.add_argument("--on-bad-rows", choices=("error", "skip"), default="error", help="default: error")
     data.add_argument("--report", help="also write the load report (skipped rows) to this JSON file")
-    data.add_argument("--cache-dir", help="datasets cache directory for the loaded input")
-    data.add_argument("--encoding", default="utf-8", help="text encoding of jsonl/csv input (default: utf-8)")
-    data.add_argument(
-        "--allow-outside-images", action="store_true", help="accept image paths that leave the input's folder"
-    )
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--output", help="write predictions to a .csv (challenge format) or .json file; default: stdout"
@@ -135,18 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.image is not None:
             write_pair(predictor.predict(args.image, args.text), Path(args.image).stem, args.output)
         else:
-            load_options = {"cache_dir": args.cache_dir} if args.cache_dir else {}
-            if args.encoding != "utf-8":
-                load_options["encoding"] = args.encoding
-            if args.allow_outside_images:
-                load_options["allow_outside_images"] = True
             predictions = predictor.predict_file(
                 args.input,
                 split=args.split,
-                on_bad_rows=args.on_bad_rows,
                 report_path=args.report,
                 progress=not args.no_progress,
-                **load_options,
+                **LoaderArguments.from_namespace(args).as_loader_kwargs(),
             )
             write_file_predictions(predictions, args.output)
     except (BadRowError, ImageCheckError, OSError, ValueError) as error:  # OSError: no such checkpoint/file

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import check_checkpoint
 from ..configuration_mmfusion import FUSIONS
+from ..data.options import LoaderArguments
 from ..evaluation.predictions import Predictions, prediction_record, probabilities_from_logits
 from ..parallel import image_thread_pool, usable_cpu_count
 from .backends import (
@@ -200,7 +201,7 @@ class MMFusionPredictor:
         self,
         source,
         split: str | None = None,
-        on_bad_rows: str = "error",
+        on_bad_rows: str = LoaderArguments.on_bad_rows,
         *,
         report_path: str | os.PathLike | None = None,
         progress: bool = True,
@@ -227,16 +228,18 @@ class MMFusionPredictor:
             progress (`bool`, *optional*, defaults to `True`):
                 Show a tqdm progress bar.
             load_options:
-                Passed to `load_image_text_dataset` (`cache_dir`, `text_column`, `image_column`, ...).
+                Passed to `load_image_text_dataset`: the fields of `mmfusion.data.LoaderArguments` (`image_column`,
+                `text_column`, `id_column`, `class_names`, `encoding`, `max_image_pixels`, `cache_dir`, ...), e.g.
+                `**LoaderArguments(image_column="img").as_loader_kwargs()`, as `mmfusion-predict` passes them.
 
         Returns:
             `Predictions`: ids, probabilities and predicted labels; `.to_csv(path)` writes the challenge format.
         """
         from ..data import detect_kind, load_image_text_dataset
 
-        if detect_kind(source) == "files":
+        if detect_kind(source) == "files" and load_options.get("class_names") is None:
             # string labels (or none at all, for an unlabeled file) are read in the model's own class order
-            load_options.setdefault("class_names", list(self.label_names))
+            load_options["class_names"] = list(self.label_names)
         dataset_dict, report = load_image_text_dataset(
             source, on_bad_rows=on_bad_rows, return_report=True, **load_options
         )

@@ -17,6 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..configuration_mmfusion import TEXT_POOLINGS
+from ..data.options import LoaderArguments
 from ..fusions import FUSIONS, fusion_names, fusion_settings
 
 
@@ -117,7 +118,10 @@ def model_arguments_class() -> type[ModelArguments]:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(LoaderArguments):
+    """What to train on. The loader options (columns, class order, bad rows, ...) are inherited from
+    `LoaderArguments`, shared with `mmfusion-data`, `mmfusion-predict` and `mmfusion-export`."""
+
     dataset: str = field(
         default="demo",
         metadata={"help": "demo | a Hateful Memes folder | a .jsonl/.csv file | a Hub dataset id"},
@@ -135,17 +139,7 @@ class DataArguments:
     predict_splits: list[str] | None = field(
         default=None, metadata={"help": "Splits to write predictions for (default: all, unlabeled ones included)."}
     )
-    class_names: list[str] | None = field(default=None, metadata={"help": "Label order for string labels."})
-    id_column: str = "id"
-    image_column: str = "image"
-    text_column: str = "text"
-    label_column: str = "label"
     max_text_length: int = 128
-    on_bad_rows: str = field(default="error", metadata={"help": "error | skip (skipped rows are reported)"})
-    encoding: str = field(default="utf-8", metadata={"help": "Text encoding of jsonl/csv files (e.g. cp1252)."})
-    allow_outside_images: bool = field(
-        default=False, metadata={"help": "Accept image paths that leave the dataset folder (refused by default)."}
-    )
     cache_image_features: bool = field(
         default=True, metadata={"help": "With a frozen vision tower, compute its features once and reuse them."}
     )
@@ -160,7 +154,6 @@ class DataArguments:
     )
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
-    demo_seed: int = 0
     report_num_errors: int = 10
 
 

@@ -36,15 +36,7 @@ def load_data(data_args: DataArguments):
         train_file=data_args.train_file,
         validation_file=data_args.validation_file,
         test_file=data_args.test_file,
-        seed=data_args.demo_seed,
-        image_column=data_args.image_column,
-        text_column=data_args.text_column,
-        label_column=data_args.label_column,
-        id_column=data_args.id_column,
-        class_names=data_args.class_names,
-        encoding=data_args.encoding,
-        on_bad_rows=data_args.on_bad_rows,
-        allow_outside_images=data_args.allow_outside_images,
+        **data_args.as_loader_kwargs(),
         return_report=True,
     )
 
