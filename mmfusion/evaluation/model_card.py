@@ -18,7 +18,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_mmfusion import FUSIONS, MMFusionConfig
 from ..files import atomic_write_text
-from .report import ablation_markdown, headline_metric_names, markdown_table, unimodal_markdown
+from .report import ablation_markdown, headline_metric_names, unimodal_markdown
+from .tables import markdown_table
 
 TASK_TYPE = "text-classification"  # closest Hub task; see the comment in the template's metadata
 TASK_NAME = "Image+text classification"

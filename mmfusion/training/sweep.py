@@ -56,6 +56,8 @@ from pathlib import Path
 
 import yaml
 
+from ..evaluation.tables import markdown_table, strict_json
+
 RUN_META_KEYS = ("name", "description")
 DEFAULT_METRICS = ("eval_auroc", "eval_macro_f1", "eval_accuracy")
 # Metrics shown next to the ranking metric when the runs report them.
@@ -295,15 +297,16 @@ def results_table(ranked: list[RunResult], metric: str, axes: list[str]) -> tupl
     return header, rows
 
 
+def _markdown_cell(value) -> str:
+    return _format(value).replace("|", "\\|").replace("\n", " ")
+
+
 def render_markdown(ranked: list[RunResult], metric: str, axes: list[str], greater_is_better: bool = True) -> str:
     header, rows = results_table(ranked, metric, axes)
-    cell = lambda v: _format(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     order = "higher" if greater_is_better else "lower"
     lines = [f"# Sweep results (ranked by `{metric}`, {order} is better)", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    lines += ["", f"## Observations (order by {metric})", ""]
+    lines += markdown_table(header, rows, cell=_markdown_cell)
+    lines += [f"## Observations (order by {metric})", ""]
     for r in ranked:
         value = r.value(metric)
         description = f" - {r.description}" if r.description else ""
@@ -321,17 +324,6 @@ def render_markdown(ranked: list[RunResult], metric: str, axes: list[str], great
     return "\n".join(lines) + "\n"
 
 
-def _finite_or_none(value):
-    """NaN/inf (e.g. an undefined AUROC read back from all_results.json) as None: strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_results(
     output_root: str | Path, ranked: list[RunResult], metric: str, axes: list[str], greater_is_better: bool = True
 ) -> dict[str, Path]:
@@ -340,10 +332,8 @@ def write_results(
     output_root.mkdir(parents=True, exist_ok=True)
     paths = {suffix: output_root / f"{RESULTS_STEM}.{suffix}" for suffix in ("md", "json", "csv")}
     paths["md"].write_text(render_markdown(ranked, metric, axes, greater_is_better))
-    payload = _finite_or_none(
-        {"metric": metric, "greater_is_better": greater_is_better, "runs": [asdict(r) for r in ranked]}
-    )
-    paths["json"].write_text(json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
+    payload = {"metric": metric, "greater_is_better": greater_is_better, "runs": [asdict(r) for r in ranked]}
+    paths["json"].write_text(strict_json(payload, default=str))  # undefined metrics (NaN) as null
     header, rows = results_table(ranked, metric, axes)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -394,19 +384,12 @@ def seed_summary(results: list[RunResult], groups: dict[str, str]) -> dict[str, 
 def render_seed_summary(group: str, metrics: dict[str, dict]) -> str:
     """One run's mean ± std table, split by split (validation = `eval_*`, test = `test_*`)."""
     seeds = max((entry["n"] for entry in metrics.values()), default=0)
-    lines = [
-        SEED_SECTION_TITLE,
-        "",
-        f"`{group}` over {seeds} seeds.",
-        "",
-        "| split | metric | mean ± std |",
-        "|---|---|---|",
-    ]
+    rows = []
     for metric, entry in metrics.items():
         split, name = metric.split("_", 1)
-        split = {"eval": "validation"}.get(split, split)
-        lines.append(f"| {split} | {name} | {entry['mean']:.4f} ± {entry['std']:.4f} |")
-    return "\n".join(lines) + "\n"
+        rows.append([{"eval": "validation"}.get(split, split), name, f"{entry['mean']:.4f} ± {entry['std']:.4f}"])
+    lines = [SEED_SECTION_TITLE, "", f"`{group}` over {seeds} seeds.", ""]
+    return "\n".join([*lines, *markdown_table(["split", "metric", "mean ± std"], rows)])
 
 
 def write_seed_summary(output_root: Path, results: list[RunResult], groups: dict[str, str]) -> dict[str, Path]:
@@ -417,7 +400,7 @@ def write_seed_summary(output_root: Path, results: list[RunResult], groups: dict
     paths = {suffix: output_root / f"{SEED_SUMMARY_STEM}.{suffix}" for suffix in ("md", "json")}
     sections = {group: render_seed_summary(group, metrics) for group, metrics in summary.items()}
     paths["md"].write_text("\n".join(sections.values()))
-    paths["json"].write_text(json.dumps(_finite_or_none(summary), indent=2, allow_nan=False) + "\n")
+    paths["json"].write_text(strict_json(summary))
     for result in results:
         if result.status != "ok" or result.name not in groups:
             continue
