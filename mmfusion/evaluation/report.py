@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from .metrics import (
 )
 from .plots import plot_confusion_matrix, plot_training_curves
 from .predictions import Predictions
+from .seeds import SeedSummary
 from .tables import json_safe, markdown_table, strict_json
 
 REPORT_JSON = "eval_report.json"
@@ -295,8 +297,9 @@ def unimodal_markdown(report: dict) -> list[str]:
     return ["## Fused vs unimodal baselines", "", intro, "", *markdown_table(header, rows)]
 
 
-def render_markdown(report: dict) -> str:
-    """`eval_report.md` from a report dict (as returned by `write_eval_report`)."""
+def render_markdown(report: dict, seed_summary: SeedSummary | None = None) -> str:
+    """`eval_report.md` from a report dict (as returned by `write_eval_report`), ending with `seed_summary` (the
+    spread of the metrics over the seeds the run was repeated with, by the sweep) when given."""
     label_names = report["label_names"]
     lines = [
         "# Evaluation report",
@@ -359,7 +362,18 @@ def render_markdown(report: dict) -> str:
             lines += ["No errors.", ""]
     if report.get("training_curves_plot"):
         lines += ["## Training curves", "", f"![Training curves]({report['training_curves_plot']})", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    sections = ["\n".join(lines).rstrip()]
+    if seed_summary is not None:
+        sections.append(seed_summary.markdown().rstrip())
+    return "\n\n".join(sections) + "\n"
+
+
+def write_report_markdown(output_dir: str | Path, seed_summary: SeedSummary | None = None) -> Path:
+    """Write `eval_report.md` again from the `eval_report.json` beside it, with `seed_summary` (see
+    `render_markdown`): how the sweep adds the summary over seeds once every seed has run."""
+    output_dir = Path(output_dir)
+    report = json.loads((output_dir / REPORT_JSON).read_text(encoding="utf-8"))
+    return atomic_write_text(output_dir / REPORT_MARKDOWN, render_markdown(report, seed_summary))
 
 
 def format_metrics_table(results: dict[str, float]) -> str:
@@ -442,4 +456,5 @@ __all__ = [
     "unimodal_comparison",
     "unimodal_markdown",
     "write_eval_report",
+    "write_report_markdown",
 ]

@@ -25,9 +25,11 @@ metric, like the notebook's "Observations" list.
 
 Seeds: with `seeds: [0, 1, 2]` (or `--seeds 0 1 2`) every run is repeated once per seed (`<name>_seed<N>`, train.py's
 `--seed N`), and `seed_summary.md` / `.json` give each run's **mean ± standard deviation** over its seeds for every
-split's metrics (`eval_*`: the validation split, `test_*`: the test split); the same table is appended to each of its
-seeds' evaluation report (`eval_report.md`) and model card (`README.md`). `base_config: configs/recipe.yaml` takes
-the base arguments from a train.py config file (the sweep's `base` wins), so a recipe runs over seeds unchanged:
+split's metrics (`eval_*`: the validation split, `test_*`: the test split); each of its seeds' evaluation report
+(`eval_report.md`) and model card (`README.md`) is then written again by its own writer with that table, from what
+the run left in its folder (`eval_report.json`, the saved model config, `run_config.yaml`).
+`base_config: configs/recipe.yaml` takes the base arguments from a train.py config file (the sweep's `base` wins), so
+a recipe runs over seeds unchanged:
 
 ```yaml
 base_config: configs/hateful_memes_clip_cross.yaml
@@ -45,6 +47,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
 import re
 import subprocess
@@ -56,7 +59,13 @@ from pathlib import Path
 
 import yaml
 
+from ..evaluation.model_card import MODEL_CARD
+from ..evaluation.report import REPORT_JSON, REPORT_MARKDOWN, write_report_markdown
+from ..evaluation.seeds import SeedSummary
 from ..evaluation.tables import markdown_table, strict_json
+from .card import MODEL_CARD_TEMPLATE, can_rewrite_model_card, rewrite_model_card
+
+logger = logging.getLogger(__name__)
 
 RUN_META_KEYS = ("name", "description")
 DEFAULT_METRICS = ("eval_auroc", "eval_macro_f1", "eval_accuracy")
@@ -75,7 +84,6 @@ TRAIN_LOG = "train.log"
 ALL_RESULTS = "all_results.json"
 RESULTS_STEM = "sweep_results"
 SEED_SUMMARY_STEM = "seed_summary"
-SEED_SECTION_TITLE = "## Across seeds (mean ± standard deviation)"
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 # PyYAML reads `1e-4` (no dot) as a string; such values are turned into floats.
 _FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -356,61 +364,55 @@ def expand_seeds(runs: list[dict], seeds: list[int] | None) -> tuple[list[dict],
     return expanded, groups
 
 
-def seed_summary(results: list[RunResult], groups: dict[str, str]) -> dict[str, dict]:
-    """Per run repeated over seeds: {metric: {mean, std, n, values}} for its splits' metrics (successful seeds).
-
-    `std` is the sample standard deviation (n - 1), 0 for a single seed."""
+def seed_summaries(results: list[RunResult], groups: dict[str, str]) -> dict[str, SeedSummary]:
+    """Per run repeated over seeds: the mean ± std of its splits' metrics (`eval_*`, `test_*`; timings left out)
+    over its successful seeds."""
     by_group: dict[str, list[RunResult]] = {}
     for result in results:
         if result.status == "ok" and result.name in groups:
             by_group.setdefault(groups[result.name], []).append(result)
-    summary = {}
+    summaries = {}
     for group, members in by_group.items():
         metrics = sorted(
             {key for member in members for key in member.results if key.startswith(("eval_", "test_"))}
             - {key for member in members for key in member.results if key.endswith(("_runtime", "_per_second"))}
         )
-        summary[group] = {}
-        for metric in metrics:
-            values = [v for v in (member.value(metric) for member in members) if v is not None]
-            if not values:
-                continue
-            mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-            summary[group][metric] = {"mean": mean, "std": std, "n": len(values), "values": values}
-    return summary
+        values = {
+            metric: [v for v in (member.value(metric) for member in members) if v is not None] for metric in metrics
+        }
+        summaries[group] = SeedSummary.from_values(group, {metric: seeds for metric, seeds in values.items() if seeds})
+    return summaries
 
 
-def render_seed_summary(group: str, metrics: dict[str, dict]) -> str:
-    """One run's mean ± std table, split by split (validation = `eval_*`, test = `test_*`)."""
-    seeds = max((entry["n"] for entry in metrics.values()), default=0)
-    rows = []
-    for metric, entry in metrics.items():
-        split, name = metric.split("_", 1)
-        rows.append([{"eval": "validation"}.get(split, split), name, f"{entry['mean']:.4f} ± {entry['std']:.4f}"])
-    lines = [SEED_SECTION_TITLE, "", f"`{group}` over {seeds} seeds.", ""]
-    return "\n".join([*lines, *markdown_table(["split", "metric", "mean ± std"], rows)])
+def add_seed_summary(output_dir: Path, summary: SeedSummary, train_script: str | Path) -> None:
+    """Write the run's `eval_report.md` and model card (`README.md`) again through their writers, now with the
+    summary over its seeds. Only what train.py wrote is rewritten: files that another training script left, or a
+    card without the inputs it is written from, stay as they are."""
+    if (output_dir / REPORT_MARKDOWN).is_file() and (output_dir / REPORT_JSON).is_file():
+        write_report_markdown(output_dir, seed_summary=summary)
+    if not (output_dir / MODEL_CARD).is_file():
+        return
+    template_path = Path(train_script).resolve().parent / MODEL_CARD_TEMPLATE  # the one train.py renders
+    if can_rewrite_model_card(output_dir) and template_path.is_file():
+        rewrite_model_card(output_dir, output_dir / RUN_CONFIG, template_path, seed_summary=summary)
+    else:
+        logger.warning("%s: model card left without the summary over seeds (no saved model or template)", output_dir)
 
 
-def write_seed_summary(output_root: Path, results: list[RunResult], groups: dict[str, str]) -> dict[str, Path]:
-    """`seed_summary.md` / `.json`, and the table appended to each seed's `eval_report.md` and `README.md`."""
-    summary = seed_summary(results, groups)
-    if not summary:
+def write_seed_summary(
+    output_root: Path, results: list[RunResult], groups: dict[str, str], train_script: str | Path
+) -> dict[str, Path]:
+    """`seed_summary.md` / `.json`, and each seed's evaluation report and model card with its run's summary
+    (`add_seed_summary`)."""
+    summaries = seed_summaries(results, groups)
+    if not summaries:
         return {}
     paths = {suffix: output_root / f"{SEED_SUMMARY_STEM}.{suffix}" for suffix in ("md", "json")}
-    sections = {group: render_seed_summary(group, metrics) for group, metrics in summary.items()}
-    paths["md"].write_text("\n".join(sections.values()))
-    paths["json"].write_text(strict_json(summary))
+    paths["md"].write_text("\n".join(summary.markdown() for summary in summaries.values()))
+    paths["json"].write_text(strict_json({group: summary.metrics for group, summary in summaries.items()}))
     for result in results:
-        if result.status != "ok" or result.name not in groups:
-            continue
-        for filename in ("eval_report.md", "README.md"):
-            path = Path(result.output_dir) / filename
-            if path.exists():
-                text = path.read_text()
-                if SEED_SECTION_TITLE in text:  # a rerun replaces the section
-                    text = text[: text.index(SEED_SECTION_TITLE)].rstrip() + "\n"
-                path.write_text(text.rstrip() + "\n\n" + sections[groups[result.name]])
+        if result.status == "ok" and result.name in groups:
+            add_seed_summary(Path(result.output_dir), summaries[groups[result.name]], train_script)
     return paths
 
 
@@ -488,7 +490,8 @@ def run_sweep(
     ranked = rank_runs(results, metric, greater_is_better)
     axes = _varied_keys(runs)
     files = write_results(output_root, ranked, metric, axes, greater_is_better)
-    files.update({f"seed_{suffix}": path for suffix, path in write_seed_summary(output_root, results, groups).items()})
+    seed_files = write_seed_summary(output_root, results, groups, train_script)
+    files.update({f"seed_{suffix}": path for suffix, path in seed_files.items()})
     return SweepOutcome(ranked, metric, greater_is_better, output_root, files, interrupted)
 
 
