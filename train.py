@@ -25,13 +25,13 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from mmfusion.data import is_hub_name
 from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
 from mmfusion.evaluation.model_card import write_model_card
 from mmfusion.evaluation.report import format_metrics_table, write_eval_report
 from mmfusion.fusions import FUSIONS
 from mmfusion.training.arguments import parse_arguments
 from mmfusion.training.baselines import baseline_arguments, read_baseline_reports
+from mmfusion.training.card import MODEL_CARD_TEMPLATE, card_arguments
 from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
 from mmfusion.training.output_lock import OutputDirLock
@@ -189,26 +189,8 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             output_dir,
             config=model.config,
             eval_report=report,
-            dataset_name=data_args.dataset,
-            base_models=[
-                name
-                for name in (
-                    model_args.model_name_or_path,
-                    model_args.text_model_name_or_path,
-                    model_args.vision_model_name_or_path,
-                )
-                if name
-            ],
-            template_path=REPO_ROOT / "model_card.md",
-            model_id=training_args.hub_model_id,
-            dataset_id=data_args.dataset if is_hub_name(data_args.dataset) else None,
-            training_summary={
-                "epochs": training_args.num_train_epochs,
-                "learning_rate": training_args.learning_rate,
-                "batch_size": training_args.per_device_train_batch_size,
-                "optimizer": str(training_args.optim),
-                "seed": training_args.seed,
-            },
+            template_path=REPO_ROOT / MODEL_CARD_TEMPLATE,
+            **card_arguments(model_args, data_args, training_args),
         )
         print(format_metrics_table(results))
         print(f"\nSaved the model, processor, metrics, report, predictions and model card to {output_dir}/")

@@ -54,9 +54,10 @@ from mmfusion.data.readers import SUPPORTED_EXTENSIONS, read_table  # noqa: E402
 from mmfusion.data.rows import UNLABELED, LabelEncoder, infer_class_names, is_missing_label  # noqa: E402
 from mmfusion.evaluation.metrics import best_model_metric, classification_metrics, metric_key  # noqa: E402
 from mmfusion.evaluation.predictions import probabilities_from_logits  # noqa: E402
+from mmfusion.evaluation.tables import markdown_table  # noqa: E402
 from mmfusion.torchvision_resnet import torchvision_resnet_config  # noqa: E402
 from mmfusion.training.collator import MMFusionCollator  # noqa: E402
-from mmfusion.training.inputs import IMAGE_FEATURES  # noqa: E402
+from mmfusion.training.columns import IMAGE_FEATURES  # noqa: E402
 from mmfusion.training.trainer import MMFusionTrainer  # noqa: E402
 
 DATA_NAME = "davidson_hate_offensive/labeled_data.csv"
@@ -284,14 +285,14 @@ def paired_gap(runs: list[dict], fusion: str, split: str = "test") -> tuple[floa
 
 def markdown(rows: list[dict], runs: list[dict], split: str) -> str:
     """The table of `summarise`, with each model's `paired_gap` to the text-only model: mean ± standard error."""
-    columns = ["seeds", *reported_metrics(run_labels(runs)).values(), "vs text-only"]
-    lines = [f"| model ({split}) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    header = [f"model ({split})", "seeds", *reported_metrics(run_labels(runs)).values(), "vs text-only"]
+    table = []
     for row in rows:
         cells = [f"{row[key][0]:.1f} ± {row[key][1]:.1f}" for key in list(row)[2:]]
         gap = None if row["fusion"] == "text" else paired_gap(runs, row["fusion"], split)
         delta = "" if gap is None else f"{gap[0]:+.1f}" + (f" ± {gap[1]:.1f}" if gap[2] > 1 else "")
-        lines.append(f"| {row['fusion']} | {row['seeds']} | " + " | ".join(cells) + f" | {delta} |")
-    return "\n".join(lines)
+        table.append([row["fusion"], row["seeds"], *cells, delta])
+    return "\n".join(markdown_table(header, table)).rstrip()
 
 
 def write_results(args, runs: list[dict]) -> None:

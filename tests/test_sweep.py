@@ -214,6 +214,7 @@ def test_sweep_runs_parse_with_train_py_arguments(repo_root, tmp_path):
         assert not training_args.load_best_model_at_end
 
 
+# Leaves what train.py leaves for the report and card writers: eval_report.json and .md, the saved model config, a card.
 SEEDED_STAND_IN = textwrap.dedent(
     """
     import json, pathlib, sys
@@ -224,7 +225,10 @@ SEEDED_STAND_IN = textwrap.dedent(
     seed = config["seed"]
     results = {"eval_auroc": 0.80 + 0.01 * seed, "test_auroc": 0.70 + 0.02 * seed, "eval_runtime": 1.0}
     (output / "all_results.json").write_text(json.dumps(results))
+    report = {"label_names": ["not_hateful", "hateful"], "num_labels": 2, "primary_metric": "auroc", "splits": {}}
+    (output / "eval_report.json").write_text(json.dumps(report))
     (output / "eval_report.md").write_text("# Evaluation report\\n")
+    (output / "config.json").write_text(json.dumps({"model_type": "mmfusion", "fusion": config["fusion"]}))
     (output / "README.md").write_text("# Model card\\n")
     """
 )
@@ -233,6 +237,7 @@ SEEDED_STAND_IN = textwrap.dedent(
 def test_seeds_repeat_each_run_and_report_mean_and_std_per_split(tmp_path, repo_root):
     script = tmp_path / "seeded_train.py"
     script.write_text(SEEDED_STAND_IN)
+    (tmp_path / "model_card.md").write_text((repo_root / "model_card.md").read_text())  # the card's template
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"fusion": "cross", "learning_rate": 1e-4}))
     sweep = tmp_path / "seeds.yaml"
     sweep.write_text(yaml.safe_dump({"base_config": "recipe.yaml", "seeds": [0, 1, 2], "runs": [{"name": "clip"}]}))
@@ -244,10 +249,18 @@ def test_seeds_repeat_each_run_and_report_mean_and_std_per_split(tmp_path, repo_
     assert summary["eval_auroc"]["std"] == pytest.approx(0.01)  # sample std of 0.80, 0.81, 0.82
     assert summary["test_auroc"]["mean"] == pytest.approx(0.72) and summary["test_auroc"]["std"] == pytest.approx(0.02)
     assert "eval_runtime" not in summary
+    table = "| validation | auroc | 0.8100 ± 0.0100 |\n| test | auroc | 0.7200 ± 0.0200 |\n"
+    assert (tmp_path / "out" / "seed_summary.md").read_text().endswith(table)
     for seed in range(3):
-        for name in ("eval_report.md", "README.md"):
-            text = (tmp_path / "out" / f"clip_seed{seed}" / name).read_text()
-            assert "| validation | auroc | 0.8100 ± 0.0100 |" in text and "| test | auroc | 0.7200 ± 0.0200 |" in text
+        run = tmp_path / "out" / f"clip_seed{seed}"
+        # written again by their writers from the run's files, each ending with the summary over the seeds
+        report = (run / "eval_report.md").read_text()
+        assert report.startswith("# Evaluation report\n\nClasses: `not_hateful`, `hateful`.") and report.endswith(
+            table
+        )
+        card = (run / "README.md").read_text()
+        assert "**cross fusion**" in card and "| learning_rate | 0.0001 |" in card and f"| seed | {seed} |" in card
+        assert card.endswith(table) and card.count("## Across seeds") == 1
 
     spec = load_sweep(repo_root / "configs" / "hateful_memes_clip_cross_seeds.yaml")
     assert spec.seeds == [0, 1, 2, 3, 4] and spec.base["fusion"] == "cross"

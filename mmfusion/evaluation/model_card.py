@@ -4,7 +4,8 @@
 template_path="model_card.md")` renders the Jinja template at the repository root with
 `huggingface_hub.ModelCard.from_template`: Hub metadata (library, pipeline tag, tags, datasets, metrics and a
 `model-index` holding the evaluation results of `eval_report.json`), then the description, usage, training,
-evaluation (with the modality ablation), intended use, limitations and ethics sections. Nothing is downloaded.
+evaluation (with the modality ablation), intended use, limitations and ethics sections, and for a run repeated over
+seeds (the sweep) the mean ± std of its metrics. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_mmfusion import FUSIONS, MMFusionConfig
 from ..files import atomic_write_text
-from .report import ablation_markdown, headline_metric_names, markdown_table, unimodal_markdown
+from .report import ablation_markdown, headline_metric_names, unimodal_markdown
+from .seeds import SeedSummary
+from .tables import markdown_table
 
+MODEL_CARD = "README.md"  # the Hub shows a repository's README.md as its model card
 TASK_TYPE = "text-classification"  # closest Hub task; see the comment in the template's metadata
 TASK_NAME = "Image+text classification"
 # report metric -> (Hub metric id, display name, metric args)
@@ -281,6 +285,7 @@ def write_model_card(
     model_id: str | None = None,
     dataset_id: str | None = None,
     license: str | None = None,
+    seed_summary: SeedSummary | None = None,
 ) -> Path:
     """Render `template_path` (the repo's `model_card.md`) into `output_dir/README.md` and return its path.
 
@@ -290,6 +295,8 @@ def write_model_card(
     train runtime). `model_id`: the Hub repo used in the usage snippet and `model-index` (default:
     `your-username/<output_dir name>`). `dataset_id`: the Hub dataset id the data came from, for the `datasets`
     metadata and `model-index` (local folders and files are not Hub datasets, so there is no default). `license`: the model's licence identifier, if decided.
+    `seed_summary`: the spread of the metrics over the seeds the run was repeated with (the sweep writes the card
+    again with it once every seed has run).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -334,9 +341,10 @@ def write_model_card(
         ),
         training_procedure=procedure,
         training_table=_training_table(training_summary),
+        seed_summary=seed_summary.markdown() if seed_summary is not None else None,
         **sections,
     )
-    path = output_dir / "README.md"
+    path = output_dir / MODEL_CARD
     atomic_write_text(path, _with_metadata_comments(str(card), Path(template_path).read_text(encoding="utf-8")))
     return path
 
@@ -352,6 +360,7 @@ def _with_metadata_comments(card_text: str, template_text: str) -> str:
 
 
 __all__ = [
+    "MODEL_CARD",
     "dataset_type_slug",
     "eval_results_from_report",
     "hub_base_models",

@@ -36,11 +36,12 @@ from .metrics import (
 )
 from .plots import plot_confusion_matrix, plot_training_curves
 from .predictions import Predictions
+from .seeds import SeedSummary
+from .tables import json_safe, markdown_table, strict_json
 
 REPORT_JSON = "eval_report.json"
 REPORT_MARKDOWN = "eval_report.md"
 TRAINING_CURVES_PNG = "training_curves.png"
-_MAX_TEXT_CHARS = 120
 # What each verdict means for a split's metrics (the verdict itself is mmfusion.evaluation.ablation's).
 _VERDICT_NOTES = {
     "either": "Either modality alone keeps the model's score: each carries the label on its own (redundant cues), "
@@ -52,24 +53,6 @@ _VERDICT_NOTES = {
     "both": "Removing either modality loses most of the gain: the model needs the image and the caption together.",
     "mixed": "The model uses both modalities, but neither alone keeps most of its score.",
 }
-
-
-def _jsonable(value):
-    """Python scalars/lists/dicts only; NaN and infinities become None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
 
 
 def _safe_file_part(name: str) -> str:
@@ -246,25 +229,6 @@ def split_report(
 # Markdown
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4f}"
-    text = re.sub(r"\s+", " ", str(value)).strip()
-    if len(text) > _MAX_TEXT_CHARS:
-        text = text[: _MAX_TEXT_CHARS - 1] + "…"
-    return text.replace("|", "\\|")
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return lines + [""]
-
-
 def _percent(value) -> str:
     return "n/a" if value is None else f"{value:.0%}"
 
@@ -333,8 +297,9 @@ def unimodal_markdown(report: dict) -> list[str]:
     return ["## Fused vs unimodal baselines", "", intro, "", *markdown_table(header, rows)]
 
 
-def render_markdown(report: dict) -> str:
-    """`eval_report.md` from a report dict (as returned by `write_eval_report`)."""
+def render_markdown(report: dict, seed_summary: SeedSummary | None = None) -> str:
+    """`eval_report.md` from a report dict (as returned by `write_eval_report`), ending with `seed_summary` (the
+    spread of the metrics over the seeds the run was repeated with, by the sweep) when given."""
     label_names = report["label_names"]
     lines = [
         "# Evaluation report",
@@ -397,7 +362,18 @@ def render_markdown(report: dict) -> str:
             lines += ["No errors.", ""]
     if report.get("training_curves_plot"):
         lines += ["## Training curves", "", f"![Training curves]({report['training_curves_plot']})", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    sections = ["\n".join(lines).rstrip()]
+    if seed_summary is not None:
+        sections.append(seed_summary.markdown().rstrip())
+    return "\n\n".join(sections) + "\n"
+
+
+def write_report_markdown(output_dir: str | Path, seed_summary: SeedSummary | None = None) -> Path:
+    """Write `eval_report.md` again from the `eval_report.json` beside it, with `seed_summary` (see
+    `render_markdown`): how the sweep adds the summary over seeds once every seed has run."""
+    output_dir = Path(output_dir)
+    report = json.loads((output_dir / REPORT_JSON).read_text(encoding="utf-8"))
+    return atomic_write_text(output_dir / REPORT_MARKDOWN, render_markdown(report, seed_summary))
 
 
 def format_metrics_table(results: dict[str, float]) -> str:
@@ -460,8 +436,8 @@ def write_eval_report(
         report["unimodal_baselines"] = unimodal_comparison(fusion or "fused", report, unimodal_baselines)
     if log_history and plot_training_curves(log_history, output_dir / TRAINING_CURVES_PNG, best_step) is not None:
         report["training_curves_plot"] = TRAINING_CURVES_PNG
-    report = _jsonable(report)
-    atomic_write_text(output_dir / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    report = json_safe(report)
+    atomic_write_text(output_dir / REPORT_JSON, strict_json(report))
     atomic_write_text(output_dir / REPORT_MARKDOWN, render_markdown(report))
     return report
 
@@ -474,11 +450,11 @@ __all__ = [
     "ablation_markdown",
     "chance_level",
     "headline_metric_names",
-    "markdown_table",
     "modality_reliance",
     "render_markdown",
     "split_report",
     "unimodal_comparison",
     "unimodal_markdown",
     "write_eval_report",
+    "write_report_markdown",
 ]

@@ -7,9 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .inputs import IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, TEXT_EMBEDS
-
-_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+from .columns import IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, TEXT_EMBEDS, TEXT_INPUTS
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ class MMFusionCollator:
             captions = captions * len(rows)
         else:
             captions = rows
-        keys = [key for key in _TEXT_KEYS if key in captions[0]]
+        keys = [key for key in TEXT_INPUTS if key in captions[0]]
         longest = max(len(caption["input_ids"]) for caption in captions)
         length = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch = {}

@@ -35,12 +35,9 @@ from datasets.fingerprint import Hasher
 from ..fusions import FUSIONS, fusion_names
 from ..parallel import image_thread_pool
 from ..processing_mmfusion import MMFusionProcessor, to_rgb, to_uint8
+from .collator import MMFusionCollator
+from .columns import IMAGE_EMBEDS, IMAGE_FEATURES, LENGTH, PIXELS, TEXT_EMBEDS, TEXT_INPUTS
 
-IMAGE_FEATURES = "image_features"
-IMAGE_EMBEDS = "image_embeds"
-TEXT_EMBEDS = "text_embeds"
-PIXELS = "pixels"
-LENGTH = "length"  # caption length in tokens, for the Trainer's length-grouped sampler
 _PIPELINE_VERSION = "1"
 
 
@@ -280,8 +277,6 @@ def encode_texts(
     Each batch is padded by the training collator's own padding, so a tower that reads a fixed position (SigLIP's
     last) sees what it would see uncached; `device` and `autocast_dtype` as in `encode_images`.
     """
-    from .collator import MMFusionCollator  # the collator imports this module's column names
-
     towers = model.base_model
     tower = _tower_with_projection(towers.text_model, towers.text_projection)
     home = next(tower.parameters()).device
@@ -298,7 +293,7 @@ def encode_texts(
         ]
     )
     pad = MMFusionCollator(pad_token_id=pad_token_id).pad_text
-    text_columns = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in dataset.column_names]
+    text_columns = [name for name in TEXT_INPUTS if name in dataset.column_names]
 
     def embed(batch):
         rows = [dict(zip(text_columns, values)) for values in zip(*(batch[name] for name in text_columns))]

@@ -25,9 +25,11 @@ metric, like the notebook's "Observations" list.
 
 Seeds: with `seeds: [0, 1, 2]` (or `--seeds 0 1 2`) every run is repeated once per seed (`<name>_seed<N>`, train.py's
 `--seed N`), and `seed_summary.md` / `.json` give each run's **mean ± standard deviation** over its seeds for every
-split's metrics (`eval_*`: the validation split, `test_*`: the test split); the same table is appended to each of its
-seeds' evaluation report (`eval_report.md`) and model card (`README.md`). `base_config: configs/recipe.yaml` takes
-the base arguments from a train.py config file (the sweep's `base` wins), so a recipe runs over seeds unchanged:
+split's metrics (`eval_*`: the validation split, `test_*`: the test split); each of its seeds' evaluation report
+(`eval_report.md`) and model card (`README.md`) is then written again by its own writer with that table, from what
+the run left in its folder (`eval_report.json`, the saved model config, `run_config.yaml`).
+`base_config: configs/recipe.yaml` takes the base arguments from a train.py config file (the sweep's `base` wins), so
+a recipe runs over seeds unchanged:
 
 ```yaml
 base_config: configs/hateful_memes_clip_cross.yaml
@@ -45,6 +47,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
 import re
 import subprocess
@@ -55,6 +58,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+
+from ..evaluation.model_card import MODEL_CARD
+from ..evaluation.report import REPORT_JSON, REPORT_MARKDOWN, write_report_markdown
+from ..evaluation.seeds import SeedSummary
+from ..evaluation.tables import markdown_table, strict_json
+from .card import MODEL_CARD_TEMPLATE, can_rewrite_model_card, rewrite_model_card
+
+logger = logging.getLogger(__name__)
 
 RUN_META_KEYS = ("name", "description")
 DEFAULT_METRICS = ("eval_auroc", "eval_macro_f1", "eval_accuracy")
@@ -73,7 +84,6 @@ TRAIN_LOG = "train.log"
 ALL_RESULTS = "all_results.json"
 RESULTS_STEM = "sweep_results"
 SEED_SUMMARY_STEM = "seed_summary"
-SEED_SECTION_TITLE = "## Across seeds (mean ± standard deviation)"
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 # PyYAML reads `1e-4` (no dot) as a string; such values are turned into floats.
 _FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -295,15 +305,16 @@ def results_table(ranked: list[RunResult], metric: str, axes: list[str]) -> tupl
     return header, rows
 
 
+def _markdown_cell(value) -> str:
+    return _format(value).replace("|", "\\|").replace("\n", " ")
+
+
 def render_markdown(ranked: list[RunResult], metric: str, axes: list[str], greater_is_better: bool = True) -> str:
     header, rows = results_table(ranked, metric, axes)
-    cell = lambda v: _format(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     order = "higher" if greater_is_better else "lower"
     lines = [f"# Sweep results (ranked by `{metric}`, {order} is better)", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    lines += ["", f"## Observations (order by {metric})", ""]
+    lines += markdown_table(header, rows, cell=_markdown_cell)
+    lines += [f"## Observations (order by {metric})", ""]
     for r in ranked:
         value = r.value(metric)
         description = f" - {r.description}" if r.description else ""
@@ -321,17 +332,6 @@ def render_markdown(ranked: list[RunResult], metric: str, axes: list[str], great
     return "\n".join(lines) + "\n"
 
 
-def _finite_or_none(value):
-    """NaN/inf (e.g. an undefined AUROC read back from all_results.json) as None: strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_results(
     output_root: str | Path, ranked: list[RunResult], metric: str, axes: list[str], greater_is_better: bool = True
 ) -> dict[str, Path]:
@@ -340,10 +340,8 @@ def write_results(
     output_root.mkdir(parents=True, exist_ok=True)
     paths = {suffix: output_root / f"{RESULTS_STEM}.{suffix}" for suffix in ("md", "json", "csv")}
     paths["md"].write_text(render_markdown(ranked, metric, axes, greater_is_better))
-    payload = _finite_or_none(
-        {"metric": metric, "greater_is_better": greater_is_better, "runs": [asdict(r) for r in ranked]}
-    )
-    paths["json"].write_text(json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
+    payload = {"metric": metric, "greater_is_better": greater_is_better, "runs": [asdict(r) for r in ranked]}
+    paths["json"].write_text(strict_json(payload, default=str))  # undefined metrics (NaN) as null
     header, rows = results_table(ranked, metric, axes)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -366,68 +364,55 @@ def expand_seeds(runs: list[dict], seeds: list[int] | None) -> tuple[list[dict],
     return expanded, groups
 
 
-def seed_summary(results: list[RunResult], groups: dict[str, str]) -> dict[str, dict]:
-    """Per run repeated over seeds: {metric: {mean, std, n, values}} for its splits' metrics (successful seeds).
-
-    `std` is the sample standard deviation (n - 1), 0 for a single seed."""
+def seed_summaries(results: list[RunResult], groups: dict[str, str]) -> dict[str, SeedSummary]:
+    """Per run repeated over seeds: the mean ± std of its splits' metrics (`eval_*`, `test_*`; timings left out)
+    over its successful seeds."""
     by_group: dict[str, list[RunResult]] = {}
     for result in results:
         if result.status == "ok" and result.name in groups:
             by_group.setdefault(groups[result.name], []).append(result)
-    summary = {}
+    summaries = {}
     for group, members in by_group.items():
         metrics = sorted(
             {key for member in members for key in member.results if key.startswith(("eval_", "test_"))}
             - {key for member in members for key in member.results if key.endswith(("_runtime", "_per_second"))}
         )
-        summary[group] = {}
-        for metric in metrics:
-            values = [v for v in (member.value(metric) for member in members) if v is not None]
-            if not values:
-                continue
-            mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-            summary[group][metric] = {"mean": mean, "std": std, "n": len(values), "values": values}
-    return summary
+        values = {
+            metric: [v for v in (member.value(metric) for member in members) if v is not None] for metric in metrics
+        }
+        summaries[group] = SeedSummary.from_values(group, {metric: seeds for metric, seeds in values.items() if seeds})
+    return summaries
 
 
-def render_seed_summary(group: str, metrics: dict[str, dict]) -> str:
-    """One run's mean ± std table, split by split (validation = `eval_*`, test = `test_*`)."""
-    seeds = max((entry["n"] for entry in metrics.values()), default=0)
-    lines = [
-        SEED_SECTION_TITLE,
-        "",
-        f"`{group}` over {seeds} seeds.",
-        "",
-        "| split | metric | mean ± std |",
-        "|---|---|---|",
-    ]
-    for metric, entry in metrics.items():
-        split, name = metric.split("_", 1)
-        split = {"eval": "validation"}.get(split, split)
-        lines.append(f"| {split} | {name} | {entry['mean']:.4f} ± {entry['std']:.4f} |")
-    return "\n".join(lines) + "\n"
+def add_seed_summary(output_dir: Path, summary: SeedSummary, train_script: str | Path) -> None:
+    """Write the run's `eval_report.md` and model card (`README.md`) again through their writers, now with the
+    summary over its seeds. Only what train.py wrote is rewritten: files that another training script left, or a
+    card without the inputs it is written from, stay as they are."""
+    if (output_dir / REPORT_MARKDOWN).is_file() and (output_dir / REPORT_JSON).is_file():
+        write_report_markdown(output_dir, seed_summary=summary)
+    if not (output_dir / MODEL_CARD).is_file():
+        return
+    template_path = Path(train_script).resolve().parent / MODEL_CARD_TEMPLATE  # the one train.py renders
+    if can_rewrite_model_card(output_dir) and template_path.is_file():
+        rewrite_model_card(output_dir, output_dir / RUN_CONFIG, template_path, seed_summary=summary)
+    else:
+        logger.warning("%s: model card left without the summary over seeds (no saved model or template)", output_dir)
 
 
-def write_seed_summary(output_root: Path, results: list[RunResult], groups: dict[str, str]) -> dict[str, Path]:
-    """`seed_summary.md` / `.json`, and the table appended to each seed's `eval_report.md` and `README.md`."""
-    summary = seed_summary(results, groups)
-    if not summary:
+def write_seed_summary(
+    output_root: Path, results: list[RunResult], groups: dict[str, str], train_script: str | Path
+) -> dict[str, Path]:
+    """`seed_summary.md` / `.json`, and each seed's evaluation report and model card with its run's summary
+    (`add_seed_summary`)."""
+    summaries = seed_summaries(results, groups)
+    if not summaries:
         return {}
     paths = {suffix: output_root / f"{SEED_SUMMARY_STEM}.{suffix}" for suffix in ("md", "json")}
-    sections = {group: render_seed_summary(group, metrics) for group, metrics in summary.items()}
-    paths["md"].write_text("\n".join(sections.values()))
-    paths["json"].write_text(json.dumps(_finite_or_none(summary), indent=2, allow_nan=False) + "\n")
+    paths["md"].write_text("\n".join(summary.markdown() for summary in summaries.values()))
+    paths["json"].write_text(strict_json({group: summary.metrics for group, summary in summaries.items()}))
     for result in results:
-        if result.status != "ok" or result.name not in groups:
-            continue
-        for filename in ("eval_report.md", "README.md"):
-            path = Path(result.output_dir) / filename
-            if path.exists():
-                text = path.read_text()
-                if SEED_SECTION_TITLE in text:  # a rerun replaces the section
-                    text = text[: text.index(SEED_SECTION_TITLE)].rstrip() + "\n"
-                path.write_text(text.rstrip() + "\n\n" + sections[groups[result.name]])
+        if result.status == "ok" and result.name in groups:
+            add_seed_summary(Path(result.output_dir), summaries[groups[result.name]], train_script)
     return paths
 
 
@@ -505,7 +490,8 @@ def run_sweep(
     ranked = rank_runs(results, metric, greater_is_better)
     axes = _varied_keys(runs)
     files = write_results(output_root, ranked, metric, axes, greater_is_better)
-    files.update({f"seed_{suffix}": path for suffix, path in write_seed_summary(output_root, results, groups).items()})
+    seed_files = write_seed_summary(output_root, results, groups, train_script)
+    files.update({f"seed_{suffix}": path for suffix, path in seed_files.items()})
     return SweepOutcome(ranked, metric, greater_is_better, output_root, files, interrupted)
 
 
