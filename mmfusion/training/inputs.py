@@ -417,6 +417,8 @@ def prepare_model_inputs(
             )
         elif needs_image:
             split = resize_images(split, processor.image_processor, cache_dir=cache_dir)
+        else:  # no vision tower: drop the images, or every row read would decode one for nothing
+            split = split.remove_columns("image")
         # dtype=None keeps the stored dtypes (uint8 pixels stay uint8); the numpy formatter's default widens every
         # integer array to int64, 8x the bytes per batch.
         prepared[name] = split.with_format("numpy", dtype=None)
