@@ -1,4 +1,5 @@
-"""mmfusion demo: upload an image, type its caption, see the class probabilities and which modality drove them.
+"""mmfusion demo: upload an image (or click an example), type its caption, see the decision with the threshold in
+force, the class probabilities and which modality drove them.
 
 Runs locally or as a Hugging Face Space (`python app.py`; Spaces set `GRADIO_SERVER_NAME`/`GRADIO_SERVER_PORT`).
 
@@ -13,8 +14,10 @@ Importing this file builds nothing and launches nothing: `build_demo(predictor)`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -58,8 +61,47 @@ def load_predictor(checkpoint: str, backend: str = "torch", **options) -> MMFusi
         ) from error
 
 
+def threshold_in_force(predictor: MMFusionPredictor) -> str:
+    """One markdown line saying how the label is decided: the checkpoint's decision threshold (and how it was
+    chosen) or argmax, and the calibration temperature."""
+    config, names = predictor.config, predictor.label_names
+    if predictor.threshold is None:
+        rule = "the most probable class is predicted (no decision threshold)"
+    elif isinstance(predictor.threshold, float):
+        rule = f"`{names[1]}` is predicted when P({names[1]}) ≥ **{predictor.threshold:.3g}**"
+    else:
+        rule = "per-class thresholds " + ", ".join(f"{n} {t:.3g}" for n, t in zip(names, predictor.threshold))
+    policy = getattr(config, "decision_policy", None)
+    figures = getattr(config, "decision_figures", None) or {}
+    if predictor.threshold is not None and policy:
+        rule += f" (policy `{policy}`"
+        if figures.get("split") and "precision" in figures:
+            rule += (
+                f", on {figures['split']}: precision {figures['precision']:.2f}, recall {figures['recall']:.2f}, "
+                f"FPR {figures['fpr']:.2f}"
+            )
+        rule += ")"
+    temperature = predictor.temperature
+    calibrated = (
+        f"scores calibrated with temperature {temperature:.3g}" if temperature != 1.0 else "raw softmax scores"
+    )
+    return f"**Decision rule**: {rule}; {calibrated}."
+
+
+def demo_examples(count: int = 6) -> list[list[str]]:
+    """`[image path, caption]` pairs from the demo dataset (written once to a temporary folder), for `gr.Examples`."""
+    from mmfusion.data import make_demo_folder
+
+    size = max(2, count + count % 2)  # the demo's splits come in caption pairs
+    root = Path(tempfile.gettempdir()) / f"mmfusion-app-examples-{size}"
+    folder = Path(make_demo_folder(root, seed=0, num_train=2, num_validation=2, num_test=size))
+    rows = [json.loads(line) for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [[str(folder / row["img"]), row["text"]] for row in rows[:count]]
+
+
 def classify(predictor: MMFusionPredictor, image_path: str | None, text: str | None):
-    """The app's one function: probabilities for the pair, the ablation table and the verdict on the modalities."""
+    """The app's one function: probabilities for the pair, the ablation table, the verdict on the modalities and
+    the decision (with the threshold in force)."""
     if image_path is None:
         raise gr.Error("Upload an image first.")
     try:
@@ -70,11 +112,13 @@ def classify(predictor: MMFusionPredictor, image_path: str | None, text: str | N
         [ABLATION_TITLES[name], *(round(probabilities[label], 4) for label in predictor.label_names)]
         for name, probabilities in report.probabilities.items()
     ]
-    return report.probabilities["full"], table, report.explanation
+    decision = f"### Decision: `{report.predicted_label}`\n\n{threshold_in_force(predictor)}"
+    return report.probabilities["full"], table, report.explanation, decision
 
 
-def build_demo(predictor: MMFusionPredictor) -> gr.Blocks:
-    """The Gradio app around `predictor` (not launched). Its API endpoint is `/classify(image, text)`."""
+def build_demo(predictor: MMFusionPredictor, examples: list[list[str]] | None = None) -> gr.Blocks:
+    """The Gradio app around `predictor` (not launched). Its API endpoint is `/classify(image, text)`; `examples`
+    (`[image path, caption]` pairs, e.g. `demo_examples()`) become clickable examples."""
     labels = predictor.label_names
     with gr.Blocks(title="mmfusion demo") as demo:
         gr.Markdown(
@@ -89,7 +133,10 @@ def build_demo(predictor: MMFusionPredictor) -> gr.Blocks:
                 image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"])
                 text = gr.Textbox(label="Caption", placeholder="the text printed on the meme")
                 button = gr.Button("Classify", variant="primary")
+                if examples:
+                    gr.Examples(examples=examples, inputs=[image, text], label="Examples (click one)")
             with gr.Column():
+                decision = gr.Markdown(threshold_in_force(predictor))
                 probabilities = gr.Label(label="Class probabilities", num_top_classes=len(labels))
                 verdict = gr.Markdown()
                 ablations = gr.Dataframe(
@@ -99,7 +146,7 @@ def build_demo(predictor: MMFusionPredictor) -> gr.Blocks:
         def run(image_path, caption):
             return classify(predictor, image_path, caption)
 
-        outputs = [probabilities, ablations, verdict]
+        outputs = [probabilities, ablations, verdict, decision]
         button.click(run, inputs=[image, text], outputs=outputs, api_name="classify")
         text.submit(run, inputs=[image, text], outputs=outputs, api_visibility="private")
     return demo
@@ -115,18 +162,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="server address (default: Gradio's, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="server port (default: Gradio's, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--threshold", type=float, help="decision threshold instead of the checkpoint's, in [0, 1]")
+    parser.add_argument("--no-examples", action="store_true", help="no clickable demo examples")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = {"onnx_file": args.onnx_file} if args.backend == "onnx" else {}
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
     try:
         predictor = load_predictor(resolve_checkpoint(args.checkpoint), backend=args.backend, **options)
     except (CheckpointNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    build_demo(predictor).launch(server_name=args.host, server_port=args.port, share=args.share or None)
+    examples = None if args.no_examples else demo_examples()
+    build_demo(predictor, examples).launch(server_name=args.host, server_port=args.port, share=args.share or None)
     return 0
 
 

@@ -34,6 +34,7 @@ from mmfusion.training.baselines import baseline_arguments, read_baseline_report
 from mmfusion.training.card import MODEL_CARD_TEMPLATE, card_arguments
 from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
+from mmfusion.training.operating_point import run_operating_point
 from mmfusion.training.output_lock import OutputDirLock
 from mmfusion.training.setup import (
     build_model,
@@ -154,16 +155,35 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         trainer.save_state()
         results.update({f"train_{k.removeprefix('train_')}": v for k, v in train_result.metrics.items()})
 
-    # 7. Evaluate; predict every split (unlabeled test splits included) and score the labeled ones with the
+    # 7. Evaluate; calibrate the scores and choose the operating point on the validation split (stored in the
+    #    config); predict every split (unlabeled test splits included) and score the labeled ones with the
     #    modality ablation.
     for role in ("validation", "test"):
         if training_args.do_eval and splits[role]:
             prefix = "eval" if role == "validation" else "test"
             results.update(trainer.evaluate(prepared[splits[role]], metric_key_prefix=prefix))
+    # A checkpoint that is only evaluated keeps its own temperature; a policy given for it is applied and saved
+    # when the output folder is the checkpoint's own.
+    model_args.calibrate = model_args.calibrate and training_args.do_train
+    saved_here = training_args.do_train or (
+        model_args.model_name_or_path is not None
+        and Path(model_args.model_name_or_path).resolve() == Path(training_args.output_dir).resolve()
+    )
+    try:
+        known_logits = run_operating_point(
+            trainer, raw, prepared, splits, model_args, training_args.output_dir, save=saved_here
+        )
+    except ValueError as error:  # an unreachable target: stop, naming the best value (the model is saved)
+        raise SystemExit(
+            f"--decision_threshold {model_args.decision_threshold}: {error}\nThe trained model is in "
+            f"{training_args.output_dir}; choose another operating point without training again: python train.py "
+            f"--model_name_or_path {training_args.output_dir} --output_dir {training_args.output_dir} "
+            "--do_train false --decision_threshold ..."
+        ) from error
     predictions, ablations = {}, {}
     default_predict = [name for name in raw if name != splits["train"]] if training_args.do_predict else []
     for name in data_args.predict_splits or default_predict:
-        predictions[name] = trainer.predict_split(raw[name], prepared[name], name)
+        predictions[name] = trainer.predict_split(raw[name], prepared[name], name, logits=known_logits.get(name))
         if training_args.do_eval and is_labeled(raw[name]) and name != splits["train"]:
             ablations[name] = trainer.ablation_probabilities(prepared[name], processor)
 
@@ -183,6 +203,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             overlap=load_report.overlap,
             num_errors=data_args.report_num_errors,
             fusion=model.config.fusion,
+            config=model.config,
             unimodal_baselines=read_baseline_reports(output_dir) if model_args.unimodal_baselines else None,
         )
         write_model_card(

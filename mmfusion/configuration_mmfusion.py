@@ -10,6 +10,7 @@ import math
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig, ResNetConfig
 
+from .decisions import check_decision_threshold, check_temperature
 from .fusions import FUSIONS, fusion_settings
 from .pipeline_mmfusion import custom_pipelines_entry  # imported so the pipeline file is copied beside the config
 
@@ -135,6 +136,22 @@ class MMFusionConfig(PretrainedConfig):
             tower's pooled output: BERT's pooler, CLIP's [EOS] state; the first token where it has none), `"cls"`
             (the first token's state) or `"mean"` (mean over the caption's real tokens). `from_text_vision_pretrained`
             defaults it to the pooling a sentence-transformers checkpoint was trained with.
+        calibration_temperature (`float`, *optional*, defaults to 1.0):
+            Probabilities are `softmax(logits / calibration_temperature)` in every inference path (predictor, ONNX, pipeline,
+            app; see `decisions.py`). train.py fits it on the validation split after training (temperature
+            scaling); it never changes the predicted class, only how confident the scores are.
+        calibration (`dict`, *optional*):
+            How `calibration_temperature` was fitted: the split, and its negative log-likelihood and expected calibration error
+            before and after.
+        decision_threshold (`float` or `list[float]`, *optional*):
+            `None`: the predicted class is the most probable one. Two classes: the positive class (id 1) is
+            predicted when its probability reaches this number, in [0, 1]. More classes: one threshold per class
+            (one vs rest, see `decisions.py`). Every inference path uses it; each takes a call-time override.
+        decision_policy (`str`, *optional*):
+            How `decision_threshold` was chosen: `"fixed"`, `"max_f1"`, `"precision=0.9"`, `"recall=0.9"`,
+            `"fpr=0.01"` (see `mmfusion.evaluation.thresholds`).
+        decision_figures (`dict`, *optional*):
+            What the threshold met on the split it was chosen on (precision, recall, FPR, F1 per class).
     """
 
     model_type = "mmfusion"
@@ -153,6 +170,11 @@ class MMFusionConfig(PretrainedConfig):
         freeze_vision_encoder: bool = False,
         modality_dropout: float = 0.0,
         text_pooling: str = "pooler",
+        calibration_temperature: float = 1.0,
+        calibration: dict | None = None,
+        decision_threshold: float | list[float] | None = None,
+        decision_policy: str | None = None,
+        decision_figures: dict | None = None,
         **kwargs,
     ):
         self.text_config = _as_config(text_config, BertConfig.model_type)
@@ -168,6 +190,11 @@ class MMFusionConfig(PretrainedConfig):
         self.freeze_vision_encoder = freeze_vision_encoder
         self.modality_dropout = modality_dropout
         self.text_pooling = text_pooling
+        self.calibration_temperature = calibration_temperature
+        self.calibration = calibration
+        self.decision_threshold = decision_threshold
+        self.decision_policy = decision_policy
+        self.decision_figures = decision_figures
         # Every registered fusion's settings, with their defaults (what a config saved without one means).
         for name, setting in fusion_settings().items():
             setattr(self, name, kwargs.pop(name, setting.default))
@@ -220,6 +247,9 @@ class MMFusionConfig(PretrainedConfig):
             raise ValueError("The text tower must be a bidirectional encoder; got a config with is_decoder=True.")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}; got {self.text_pooling!r}.")
+        self.calibration_temperature = check_temperature(self.calibration_temperature)
+        num_labels = len(self.id2label) if self.id2label else None
+        self.decision_threshold = check_decision_threshold(self.decision_threshold, num_labels)
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}.")
         side = math.isqrt(max(self.num_image_tokens, 0))

@@ -26,6 +26,8 @@ from PIL import Image, ImageOps
 from transformers import AutoModelForSequenceClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .decisions import check_decision_threshold, check_temperature, decision_order
+
 TASK = "image-text-classification"
 
 
@@ -41,9 +43,14 @@ class ImageTextClassificationPipeline(Pipeline):
         function_to_apply (`str`, *optional*): `"softmax"`, `"sigmoid"` or `"none"`; default: sigmoid for
             multi-label checkpoints, softmax otherwise.
         timeout (`float`, *optional*): seconds to wait for an image URL.
+        threshold (`float` or `list[float]`, *optional*): the decision threshold for this call, instead of the
+            checkpoint's `config.decision_threshold` (see `decisions.py`); in [0, 1].
+        temperature (`float`, *optional*): instead of the checkpoint's `config.calibration_temperature` (1.0: raw softmax).
 
     Returns one list of `{"label", "score"}` dicts per pair (a list of such lists for a list of pairs); the scores are
-    the class probabilities `mmfusion.inference.MMFusionPredictor` returns.
+    the class probabilities `mmfusion.inference.MMFusionPredictor` returns (the checkpoint's temperature applied). The
+    first entry is the decision: the most probable class, or with a decision threshold the class it decides (then
+    the rest by score).
     """
 
     _load_processor = True
@@ -51,11 +58,17 @@ class ImageTextClassificationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def _sanitize_parameters(self, top_k=None, function_to_apply=None, timeout=None, **kwargs):
+    def _sanitize_parameters(
+        self, top_k=None, function_to_apply=None, timeout=None, threshold=None, temperature=None, **kwargs
+    ):
         if kwargs:
             raise TypeError(f"{type(self).__name__} got unexpected options: {', '.join(kwargs)}")
         preprocess_params = {"timeout": timeout} if timeout is not None else {}
         postprocess_params = {"top_k": top_k}
+        if threshold is not None:
+            postprocess_params["threshold"] = check_decision_threshold(threshold, len(self.model.config.id2label))
+        if temperature is not None:
+            postprocess_params["temperature"] = check_temperature(temperature)
         if function_to_apply is not None:
             if function_to_apply not in ("softmax", "sigmoid", "none"):
                 raise ValueError(f"function_to_apply must be softmax, sigmoid or none, got {function_to_apply!r}")
@@ -78,12 +91,19 @@ class ImageTextClassificationPipeline(Pipeline):
     def _forward(self, model_inputs):
         return {"logits": self.model(**model_inputs).logits}
 
-    def postprocess(self, model_outputs, top_k=None, function_to_apply=None):
+    def postprocess(self, model_outputs, top_k=None, function_to_apply=None, threshold=None, temperature=None):
         # float64 numpy, as MMFusionPredictor computes its probabilities: the two give the same scores
+        config = self.model.config
+        if temperature is None:
+            temperature = check_temperature(getattr(config, "calibration_temperature", 1.0))
+        if threshold is None:
+            threshold = getattr(config, "decision_threshold", None)
         logits = model_outputs["logits"][0].float().cpu().numpy().astype(np.float64)
         if function_to_apply is None:
             multi_label = getattr(self.model.config, "problem_type", None) == "multi_label_classification"
             function_to_apply = "sigmoid" if multi_label else "softmax"
+        if function_to_apply != "none":
+            logits = logits / temperature
         if function_to_apply == "sigmoid":
             scores = 1.0 / (1.0 + np.exp(-logits))
         elif function_to_apply == "softmax":
@@ -92,7 +112,10 @@ class ImageTextClassificationPipeline(Pipeline):
         else:
             scores = logits
         id2label = {int(index): name for index, name in self.model.config.id2label.items()}
-        ranked = sorted(range(len(scores)), key=lambda index: -scores[index])
+        if function_to_apply == "none":
+            ranked = sorted(range(len(scores)), key=lambda index: -scores[index])
+        else:
+            ranked = decision_order(scores, threshold)
         if top_k is not None:
             ranked = ranked[: max(int(top_k), 0)]
         return [{"label": id2label[index], "score": float(scores[index])} for index in ranked]

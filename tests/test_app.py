@@ -78,7 +78,9 @@ def test_served_app_answers_a_gradio_client_with_a_real_image(trained_demo_check
         url = f"http://127.0.0.1:{port}/"
         wait_until_serving(url, process, log_path)
         client = Client(url, verbose=False)
-        label, table, verdict = client.predict(handle_file(str(image_path)), example["text"], api_name="/classify")
+        label, table, verdict, decision = client.predict(
+            handle_file(str(image_path)), example["text"], api_name="/classify"
+        )
     finally:
         process.terminate()
         try:
@@ -99,3 +101,15 @@ def test_served_app_answers_a_gradio_client_with_a_real_image(trained_demo_check
     for row, probabilities in zip(table["data"], expected.probabilities.values()):
         assert row[1:] == pytest.approx([probabilities[name] for name in names], abs=1e-3)
     assert verdict == expected.explanation
+    assert f"Decision: `{expected.predicted_label}`" in decision and "Decision rule" in decision
+
+
+def test_the_app_shows_the_threshold_in_force_and_has_clickable_examples(app_module, trained_demo_checkpoint):
+    predictor = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path, threshold=0.3)
+    assert "P(hateful) ≥ **0.3**" in app_module.threshold_in_force(predictor)
+    plain = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path)
+    assert "most probable class" in app_module.threshold_in_force(plain)
+    examples = app_module.demo_examples(4)
+    assert len(examples) == 4 and all(os.path.isfile(path) and text for path, text in examples)
+    demo = app_module.build_demo(predictor, examples)
+    assert "/classify" in demo.get_api_info()["named_endpoints"]

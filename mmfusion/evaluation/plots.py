@@ -158,10 +158,66 @@ def plot_training_curves(log_history: Sequence[dict], path: str | Path, best_ste
     return _save(figure, path)
 
 
+def plot_reliability(bins_by_name: dict[str, list[dict]], path: str | Path, title: str | None = None) -> Path:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one curve per `{name: bins}`
+    (`mmfusion.evaluation.calibration.reliability_bins`, e.g. before and after temperature scaling); the diagonal is
+    perfect calibration, marker area shows how many examples a bin holds."""
+    figure = Figure(figsize=(5.5, 5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for name, bins in bins_by_name.items():
+        filled = [b for b in bins if b["count"]]
+        total = max(sum(b["count"] for b in filled), 1)
+        axes.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "-", label=name, alpha=0.8)
+        axes.scatter(
+            [b["confidence"] for b in filled],
+            [b["accuracy"] for b in filled],
+            s=[10 + 300 * b["count"] / total for b in filled],
+            alpha=0.6,
+        )
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("confidence (top-class probability)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(title or "Reliability diagram")
+    axes.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def plot_operating_curves(points: dict, chosen: dict | None, path: str | Path, title: str | None = None) -> Path:
+    """Precision-recall (left) and ROC (right) curves from `mmfusion.evaluation.thresholds.operating_points`, the
+    operating point `chosen` (`point_figures` of the threshold in force: precision, recall, fpr, threshold) marked."""
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    pr_axes, roc_axes = figure.subplots(1, 2)
+    pr_axes.plot(points["recall"], points["precision"], "-")
+    roc_axes.plot([0, *points["fpr"]], [0, *points["recall"]], "-")
+    roc_axes.plot([0, 1], [0, 1], ":", color="grey")
+    if chosen is not None:
+        label = f"threshold {chosen['threshold']:.3g}"
+        pr_axes.plot([chosen["recall"]], [chosen["precision"]], "o", color="red", label=label)
+        roc_axes.plot([chosen["fpr"]], [chosen["recall"]], "o", color="red", label=label)
+        pr_axes.legend(loc="lower left")
+        roc_axes.legend(loc="lower right")
+    pr_axes.set_xlabel("recall")
+    pr_axes.set_ylabel("precision")
+    pr_axes.set_title("Precision-recall")
+    roc_axes.set_xlabel("false-positive rate")
+    roc_axes.set_ylabel("true-positive rate (recall)")
+    roc_axes.set_title("ROC")
+    for axes in (pr_axes, roc_axes):
+        axes.set_xlim(-0.02, 1.02)
+        axes.set_ylim(-0.02, 1.02)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
 __all__ = [
     "HEADLINE_EVAL_METRICS",
     "best_evaluation",
     "plot_confusion_matrix",
+    "plot_operating_curves",
+    "plot_reliability",
     "plot_training_curves",
     "training_curve_series",
 ]

@@ -20,23 +20,38 @@ from typing import Any
 
 import numpy as np
 
+from ..decisions import check_decision_threshold, check_temperature, decide
 from ..files import atomic_write_text
 
 OUTPUT_FORMATS = (".csv", ".json")
 
 
-def probabilities_from_logits(logits, problem_type: str | None = None, dtype: str = "float32") -> np.ndarray:
+def probabilities_from_logits(
+    logits, problem_type: str | None = None, dtype: str = "float32", temperature: float = 1.0
+) -> np.ndarray:
     """Class probabilities from logits: softmax over the classes, independent sigmoids for multi-label models.
 
+    The one place every mmfusion inference path (predictor on PyTorch or ONNX Runtime, train.py, the app) turns
+    logits into probabilities; `temperature` (the config's, fitted by temperature scaling) divides the logits first.
     Computed by torch in `dtype`. float32 is what predictions and reports use; `compute_metrics` asks for float64,
     where probabilities that float32 rounds to exactly 1.0 keep their order (AUROC is a ranking metric).
     """
     import torch
 
     logits = torch.as_tensor(np.asarray(logits), dtype=getattr(torch, dtype))
+    temperature = check_temperature(temperature)
+    if temperature != 1.0:
+        logits = logits / temperature
     if problem_type == "multi_label_classification":
         return torch.sigmoid(logits).numpy()
     return torch.softmax(logits, dim=-1).numpy()
+
+
+def config_probabilities(logits, config, temperature: float | None = None) -> np.ndarray:
+    """`probabilities_from_logits` with a model config's problem type and temperature (or `temperature` instead)."""
+    if temperature is None:
+        temperature = getattr(config, "calibration_temperature", 1.0)
+    return probabilities_from_logits(logits, getattr(config, "problem_type", None), temperature=temperature)
 
 
 def prediction_columns(label_names: Sequence[str]) -> list[str]:
@@ -45,33 +60,41 @@ def prediction_columns(label_names: Sequence[str]) -> list[str]:
     return ["id", *(f"proba_{name}" for name in label_names), "label"]
 
 
-def prediction_rows(ids: Sequence[str], probabilities: np.ndarray, label_names: Sequence[str]) -> list[list]:
+def prediction_rows(
+    ids: Sequence[str], probabilities: np.ndarray, label_names: Sequence[str], threshold=None
+) -> list[list]:
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape != (len(ids), len(label_names)):
         raise ValueError(
             f"probabilities must have shape (len(ids), num_classes) = ({len(ids)}, {len(label_names)}); "
             f"got {probabilities.shape}"
         )
-    predicted = probabilities.argmax(axis=1)
+    predicted = decide(probabilities, threshold)
     if len(label_names) == 2:
         return [[str(i), float(p[1]), int(c)] for i, p, c in zip(ids, probabilities, predicted)]
     return [[str(i), *map(float, p), int(c)] for i, p, c in zip(ids, probabilities, predicted)]
 
 
 def write_predictions_csv(
-    path: str | os.PathLike, ids: Sequence[str], probabilities: np.ndarray, label_names: Sequence[str]
+    path: str | os.PathLike,
+    ids: Sequence[str],
+    probabilities: np.ndarray,
+    label_names: Sequence[str],
+    threshold=None,
 ) -> Path:
-    """Write the challenge-format CSV: one row per example, `probabilities` being (num_examples, num_classes)."""
+    """Write the challenge-format CSV: one row per example, `probabilities` being (num_examples, num_classes); the
+    `label` column is decided with `threshold` (see `mmfusion.decisions`; `None`: argmax)."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(prediction_columns(label_names))
-    writer.writerows(prediction_rows(ids, probabilities, label_names))
+    writer.writerows(prediction_rows(ids, probabilities, label_names, threshold))
     return atomic_write_text(path, buffer.getvalue())
 
 
-def prediction_record(probabilities: np.ndarray, label_names: Sequence[str]) -> dict[str, Any]:
-    """`{"label": name, "label_id": int, "probabilities": {name: p}}` for one example's probabilities."""
-    label_id = int(np.argmax(probabilities))
+def prediction_record(probabilities: np.ndarray, label_names: Sequence[str], threshold=None) -> dict[str, Any]:
+    """`{"label": name, "label_id": int, "probabilities": {name: p}}` for one example's probabilities; the label is
+    decided with `threshold` (see `mmfusion.decisions`; `None`: argmax)."""
+    label_id = int(decide(probabilities, threshold))
     return {
         "label": label_names[label_id],
         "label_id": label_id,
@@ -94,6 +117,10 @@ class Predictions:
         split (`str`, *optional*): the split that was predicted.
         report (`mmfusion.data.LoadReport`, *optional*): the data layer's load report (rows skipped with
             `on_bad_rows="skip"`, and why).
+        threshold (`float` or `list[float]`, *optional*): the decision threshold the labels are decided with (see
+            `mmfusion.decisions`); default: argmax.
+        logits (`np.ndarray`, *optional*): the logits before temperature scaling (the report's calibration section
+            compares the scores before and after).
     """
 
     ids: list[str]
@@ -103,6 +130,8 @@ class Predictions:
     texts: list[str] | None = None
     split: str | None = None
     report: Any = None
+    threshold: Any = None
+    logits: np.ndarray | None = None
 
     def __post_init__(self):
         self.ids = [str(i) for i in self.ids]
@@ -122,6 +151,13 @@ class Predictions:
         self.texts = [""] * count if self.texts is None else ["" if t is None else str(t) for t in self.texts]
         if len(self.texts) != count:
             raise ValueError(f"Predictions: {count} ids but {len(self.texts)} texts.")
+        self.threshold = check_decision_threshold(self.threshold, len(self.label_names))
+        if self.logits is not None:
+            self.logits = np.asarray(self.logits, dtype=np.float64)
+            if self.logits.shape != self.probabilities.shape:
+                raise ValueError(
+                    f"Predictions: logits of shape {self.logits.shape}, probabilities {self.probabilities.shape}."
+                )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -131,12 +167,15 @@ class Predictions:
             yield self[index]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"id": self.ids[index], **prediction_record(self.probabilities[index], self.label_names)}
+        return {
+            "id": self.ids[index],
+            **prediction_record(self.probabilities[index], self.label_names, self.threshold),
+        }
 
     @property
     def label_ids(self) -> np.ndarray:
-        """Predicted class ids."""
-        return self.probabilities.argmax(axis=1)
+        """Predicted class ids (decided with `threshold`)."""
+        return decide(self.probabilities, self.threshold)
 
     @property
     def labels(self) -> list[str]:
@@ -155,7 +194,7 @@ class Predictions:
 
     def rows(self) -> list[list]:
         """Rows of the challenge-format table (header: `columns()`)."""
-        return prediction_rows(self.ids, self.probabilities, self.label_names)
+        return prediction_rows(self.ids, self.probabilities, self.label_names, self.threshold)
 
     def columns(self) -> list[str]:
         """`id,proba,label` for two classes, `id,proba_<name>...,label` otherwise."""
@@ -169,7 +208,7 @@ class Predictions:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write the challenge-format CSV."""
-        return write_predictions_csv(path, self.ids, self.probabilities, self.label_names)
+        return write_predictions_csv(path, self.ids, self.probabilities, self.label_names, self.threshold)
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write a JSON list of records (`id`, `label`, `label_id`, `probabilities`)."""
@@ -190,6 +229,7 @@ FilePredictions = Predictions
 
 __all__ = [
     "FilePredictions",
+    "config_probabilities",
     "OUTPUT_FORMATS",
     "Predictions",
     "prediction_columns",

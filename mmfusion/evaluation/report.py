@@ -25,6 +25,7 @@ from sklearn.metrics import confusion_matrix
 
 from ..files import atomic_write_text
 from .ablation import ABLATION_TITLES, ABLATIONS, VERDICTS, modality_verdict, share_kept
+from .calibration import expected_calibration_error, negative_log_likelihood, reliability_bins
 from .metrics import (
     BINARY_METRICS,
     MULTICLASS_METRICS,
@@ -34,10 +35,11 @@ from .metrics import (
     metric_key,
     per_class_table,
 )
-from .plots import plot_confusion_matrix, plot_training_curves
-from .predictions import Predictions
+from .plots import plot_confusion_matrix, plot_operating_curves, plot_reliability, plot_training_curves
+from .predictions import Predictions, probabilities_from_logits
 from .seeds import SeedSummary
 from .tables import json_safe, markdown_table, strict_json
+from .thresholds import UnreachableTargetError, operating_point_report, operating_points, point_figures
 
 REPORT_JSON = "eval_report.json"
 REPORT_MARKDOWN = "eval_report.md"
@@ -138,7 +140,7 @@ def modality_reliance(
 
 
 def _most_confident_errors(split: Predictions, label_names: Sequence[str], count: int) -> list[dict]:
-    predicted = split.probabilities.argmax(axis=1)
+    predicted = split.label_ids
     wrong = np.flatnonzero(split.labeled & (predicted != split.true_labels))
     confidence = split.probabilities[wrong, predicted[wrong]]
     order = wrong[np.argsort(-confidence, kind="stable")][: max(count, 0)]
@@ -189,7 +191,7 @@ def split_report(
             f"Split {name!r}: probabilities have {split.probabilities.shape[1]} columns for {len(label_names)} "
             f"classes {list(label_names)}."
         )
-    predicted = split.probabilities.argmax(axis=1)
+    predicted = split.label_ids  # decided with the split's threshold (argmax without one)
     report = {
         "labeled": bool(split.labeled.any()),
         "num_examples": len(split.ids),
@@ -222,7 +224,57 @@ def split_report(
         report["ablations"] = table
         report["modality_reliance"] = modality_reliance(table, agreement, split.true_labels, label_names, prior)
     report["most_confident_errors"] = _most_confident_errors(split, label_names, num_errors)
+    calibration = calibration_entry(split)
+    if calibration:
+        report["calibration"] = calibration
+    if split.threshold is not None:
+        report["operating_point"] = operating_point_report(
+            split.probabilities, split.true_labels, split.threshold, label_names
+        )
     return report
+
+
+def calibration_entry(split: Predictions) -> dict:
+    """ECE and NLL of the split's scores before temperature scaling (its logits) and after (its probabilities)."""
+    if split.logits is None or not split.labeled.any():
+        return {}
+    before = probabilities_from_logits(split.logits, dtype="float64")
+    labels = split.true_labels
+    entry = {
+        "ece_before": expected_calibration_error(before, labels),
+        "ece_after": expected_calibration_error(split.probabilities, labels),
+        "nll_before": negative_log_likelihood(split.logits, labels),
+    }
+    with np.errstate(divide="ignore"):
+        log_probabilities = np.log(np.clip(split.probabilities, 1e-300, 1.0))
+    entry["nll_after"] = negative_log_likelihood(log_probabilities, labels)
+    return entry
+
+
+def _write_split_figures(output_dir: Path, split_name: str, split: Predictions, entry: dict, label_names) -> None:
+    """The reliability diagram and (two classes) the precision-recall and ROC curves of one labeled split."""
+    part = _safe_file_part(split_name)
+    if "calibration" in entry:
+        bins = {
+            "before temperature scaling": reliability_bins(probabilities_from_logits(split.logits), split.true_labels)
+        }
+        bins["after"] = reliability_bins(split.probabilities, split.true_labels)
+        filename = f"reliability_{part}.png"
+        plot_reliability(bins, output_dir / filename, title=f"Reliability diagram: {split_name}")
+        entry["calibration"]["reliability_plot"] = filename
+    if len(label_names) != 2:
+        return
+    mask = split.labeled
+    scores, positives = split.probabilities[mask, 1], split.true_labels[mask] == 1
+    try:
+        points = operating_points(scores, positives)
+    except UnreachableTargetError:  # a single-class split has no curves
+        return
+    threshold = 0.5 if split.threshold is None else split.threshold
+    chosen = point_figures(scores, positives, threshold)
+    filename = f"operating_curves_{part}.png"
+    plot_operating_curves(points, chosen, output_dir / filename, title=f"{split_name}: operating point marked")
+    entry["operating_curves_plot"] = filename
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,6 +306,50 @@ def ablation_markdown(split: dict, label_names: Sequence[str]) -> list[str]:
         "",
     ]
     return lines + [f"- {note}" for note in reliance["notes"]] + [""]
+
+
+def operating_point_markdown(split_name: str, split: dict, decision: dict | None) -> list[str]:
+    """The split's figures at the decision threshold in force, and its precision-recall / ROC curves."""
+    point = split.get("operating_point")
+    if not point and not split.get("operating_curves_plot"):
+        return []
+    lines = ["### Operating point", ""]
+    if point:
+        policy = (decision or {}).get("decision_policy") or "fixed"
+        lines += [
+            f"Decision threshold `{(decision or {}).get('decision_threshold')}` (policy `{policy}`, chosen on "
+            f"`{((decision or {}).get('decision_figures') or {}).get('split')}`); the metrics above are argmax's.",
+            "",
+        ]
+        rows = [
+            [name, f["threshold"], f["precision"], f["recall"], f["fpr"], f["f1"], f["flagged"]]
+            for name, f in point["per_class"].items()
+        ]
+        lines += markdown_table(["class", "threshold", "precision", "recall", "FPR", "F1", "flagged"], rows)
+    else:
+        lines += ["No decision threshold: the most probable class is predicted (for two classes, at 0.5).", ""]
+    if split.get("operating_curves_plot"):
+        lines += [f"![Precision-recall and ROC curves, {split_name}]({split['operating_curves_plot']})", ""]
+    return lines
+
+
+def calibration_markdown(split_name: str, split: dict, decision: dict | None) -> list[str]:
+    """Expected calibration error before / after temperature scaling, and the reliability diagram."""
+    calibration = split.get("calibration")
+    if not calibration:
+        return []
+    temperature = (decision or {}).get("calibration_temperature", 1.0)
+    lines = ["### Calibration", ""]
+    lines += markdown_table(
+        ["scores", "ECE", "NLL"],
+        [
+            ["before temperature scaling", calibration["ece_before"], calibration["nll_before"]],
+            [f"after (T = {temperature:.4g})", calibration["ece_after"], calibration["nll_after"]],
+        ],
+    )
+    if calibration.get("reliability_plot"):
+        lines += [f"![Reliability diagram, {split_name}]({calibration['reliability_plot']})", ""]
+    return lines
 
 
 UNIMODAL_TITLES = {"text": "text-only", "image": "image-only"}
@@ -342,6 +438,8 @@ def render_markdown(report: dict, seed_summary: SeedSummary | None = None) -> st
         )
         if split.get("confusion_matrix_plot"):
             lines += [f"![Confusion matrix, {split_name}]({split['confusion_matrix_plot']})", ""]
+        lines += operating_point_markdown(split_name, split, report.get("decision"))
+        lines += calibration_markdown(split_name, split, report.get("decision"))
         if "ablations" in split:
             lines += ["### Modality ablation", ""]
             lines += [
@@ -400,6 +498,7 @@ def write_eval_report(
     num_errors: int = 10,
     fusion: str | None = None,
     unimodal_baselines: dict[str, dict] | None = None,
+    config=None,
 ) -> dict:
     """Write `eval_report.json`, `eval_report.md` and the figures to `output_dir`; return the report dict.
 
@@ -407,7 +506,9 @@ def write_eval_report(
     (`image_blanked`, `text_emptied`, `both_blanked` from `mmfusion.evaluation.ablation.ABLATIONS`; `full` is
     `predictions[split]` and may be omitted). Ablations of an unlabeled split are ignored. The returned dict is what
     `eval_report.json` holds (NaN as None). `unimodal_baselines` (`{"text": report, "image": report}`, the baselines'
-    own eval reports) adds the comparison of the fused model (`fusion`) with them, per split.
+    own eval reports) adds the comparison of the fused model (`fusion`) with them, per split. `config` (the model's):
+    its temperature and decision threshold are quoted (`decision`) beside each split's calibration and operating
+    point sections.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -420,6 +521,17 @@ def write_eval_report(
         "splits": {},
         "training_curves_plot": None,
     }
+    if config is not None:
+        report["decision"] = {
+            key: getattr(config, key, None)
+            for key in (
+                "calibration_temperature",
+                "calibration",
+                "decision_threshold",
+                "decision_policy",
+                "decision_figures",
+            )
+        }
     for split_name, split in predictions.items():
         split_ablations = {k: v for k, v in ablations.get(split_name, {}).items() if k != "full"}
         entry = split_report(split_name, split, label_names, split_ablations, num_errors)
@@ -431,6 +543,7 @@ def write_eval_report(
                 entry["confusion_matrix"], label_names, output_dir / filename, title=f"Confusion matrix: {split_name}"
             )
             entry["confusion_matrix_plot"] = filename
+            _write_split_figures(output_dir, split_name, split, entry, label_names)
         report["splits"][split_name] = entry
     if unimodal_baselines:
         report["unimodal_baselines"] = unimodal_comparison(fusion or "fused", report, unimodal_baselines)

@@ -49,7 +49,7 @@ def predict(
         input: instead of a pair, a dataset to predict (see `MMFusionPredictor.predict_file`).
         split: the split of `input`.
         backend: `"torch"` or `"onnx"`.
-        options: `device`, `batch_size`, `onnx_file` go to `from_pretrained`; the rest (`on_bad_rows`, `report_path`,
+        options: `device`, `batch_size`, `onnx_file`, `threshold`, `temperature` go to `from_pretrained`; the rest (`on_bad_rows`, `report_path`,
             `progress`, `cache_dir`, ...) to `predict_file`.
 
     Returns:
@@ -65,7 +65,8 @@ def predict(
     """
     if (input is None) == (image is None):
         raise ValueError("Pass either an image (with its text) or an input file/folder, not both or neither.")
-    loading = {key: options.pop(key) for key in ("device", "batch_size", "onnx_file") if key in options}
+    loading_keys = ("device", "batch_size", "onnx_file", "threshold", "temperature")
+    loading = {key: options.pop(key) for key in loading_keys if key in options}
     predictor = MMFusionPredictor.from_pretrained(checkpoint, backend=backend, **loading)
     if image is not None:
         if options:
@@ -108,7 +109,24 @@ def build_parser() -> HfArgumentParser:
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    parser.add_argument(
+        "--threshold",
+        type=parse_threshold,
+        help="decision threshold in [0, 1] instead of the checkpoint's (two classes: class 1 when its probability "
+        "reaches it; more classes: one per class, comma-separated); default: the checkpoint's",
+    )
     return parser
+
+
+def parse_threshold(text: str):
+    """`--threshold 0.3` or, one per class, `--threshold 0.5,0.4,0.6`; checked to lie in [0, 1]."""
+    from ..decisions import check_decision_threshold
+
+    values = [part for part in text.replace(" ", ",").split(",") if part]
+    try:
+        return check_decision_threshold(values[0] if len(values) == 1 else values)
+    except (ValueError, IndexError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -132,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
             device=args.device,
             batch_size=args.batch_size,
+            threshold=args.threshold,
             **({"onnx_file": args.onnx_file} if args.backend == "onnx" else {}),
         )
         if args.image is not None:
-            write_pair(predictor.predict(args.image, args.text), Path(args.image).stem, args.output)
+            record = predictor.predict(args.image, args.text)
+            write_pair(record, Path(args.image).stem, args.output, predictor.threshold)
         else:
             predictions = predictor.predict_file(
                 args.input,
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_pair(record: dict[str, Any], example_id: str, output: str | None) -> None:
+def write_pair(record: dict[str, Any], example_id: str, output: str | None, threshold=None) -> None:
     """Print the record as JSON; with `output`, write it there instead (JSON, or a one-row challenge CSV)."""
     if output is None:
         print(json.dumps(record, indent=2))
@@ -162,7 +182,9 @@ def write_pair(record: dict[str, Any], example_id: str, output: str | None) -> N
     else:
         names = list(record["probabilities"])
         probabilities = [[record["probabilities"][name] for name in names]]
-        Predictions(ids=[example_id], probabilities=np.asarray(probabilities), label_names=names).to_csv(output)
+        Predictions(
+            ids=[example_id], probabilities=np.asarray(probabilities), label_names=names, threshold=threshold
+        ).to_csv(output)
     print(f"Wrote {output}", file=sys.stderr)
 
 

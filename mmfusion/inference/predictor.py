@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from ..checkpoints import check_checkpoint
 from ..configuration_mmfusion import FUSIONS
 from ..data.options import LoaderArguments
-from ..evaluation.predictions import Predictions, prediction_record, probabilities_from_logits
+from ..decisions import check_decision_threshold, check_temperature
+from ..evaluation.predictions import Predictions, config_probabilities, prediction_record
 from ..parallel import image_thread_pool, usable_cpu_count
 from .backends import (
     BACKENDS,
@@ -49,6 +50,12 @@ class MMFusionPredictor:
             The checkpoint's config (class names, problem type, image size).
         batch_size (`int`, *optional*, defaults to 32):
             Pairs per model call in `predict_batch` and `predict_file`.
+        threshold (`float` or `list[float]`, *optional*):
+            The decision threshold, instead of the checkpoint's `config.decision_threshold` (see
+            `mmfusion.decisions`: two classes, class 1 is predicted when its probability reaches it). Each
+            `predict*` call also takes `threshold=`.
+        temperature (`float`, *optional*):
+            Instead of the checkpoint's `config.calibration_temperature` (1.0 gives the raw softmax).
 
     Example:
 
@@ -62,7 +69,9 @@ class MMFusionPredictor:
     ```
     """
 
-    def __init__(self, backend: InferenceBackend, processor, config, batch_size: int = 32):
+    def __init__(
+        self, backend: InferenceBackend, processor, config, batch_size: int = 32, *, threshold=None, temperature=None
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backend = backend
@@ -72,6 +81,18 @@ class MMFusionPredictor:
         self.label_names = label_names_from_config(config)
         if len(self.label_names) < 2:
             raise ValueError("MMFusionPredictor classifies; this checkpoint has fewer than two classes (regression?).")
+        if threshold is None:
+            threshold = getattr(config, "decision_threshold", None)
+        self.threshold = check_decision_threshold(threshold, len(self.label_names))
+        self.temperature = check_temperature(
+            getattr(config, "calibration_temperature", 1.0) if temperature is None else temperature
+        )
+
+    def _threshold(self, threshold):
+        """The call's threshold (checked) or the predictor's."""
+        if threshold is None:
+            return self.threshold
+        return check_decision_threshold(threshold, len(self.label_names))
 
     @classmethod
     def from_pretrained(
@@ -84,6 +105,8 @@ class MMFusionPredictor:
         onnx_file: str = ONNX_FILENAME,
         providers: Sequence[str] | None = None,
         session_options=None,
+        threshold=None,
+        temperature=None,
         **model_kwargs,
     ) -> MMFusionPredictor:
         r"""
@@ -103,6 +126,8 @@ class MMFusionPredictor:
                 Which graph of the export folder to run; `"model_int8.onnx"` for the int8-quantized one.
             providers, session_options:
                 Passed to `onnxruntime.InferenceSession` (`backend="onnx"` only).
+            threshold, temperature:
+                Override the checkpoint's decision threshold and temperature (see the class docstring).
             model_kwargs:
                 Passed to `AutoModelForSequenceClassification.from_pretrained` (`backend="torch"` only), e.g.
                 `revision=`, `dtype=`.
@@ -122,16 +147,18 @@ class MMFusionPredictor:
             )
             config, source = AutoConfig.from_pretrained(folder, trust_remote_code=True), folder
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-        return cls(engine, processor, config, batch_size=batch_size)
+        return cls(engine, processor, config, batch_size=batch_size, threshold=threshold, temperature=temperature)
 
     # ------------------------------------------------------------------------------------------------ pairs
 
-    def predict(self, image: ImageInput, text: str | None) -> dict[str, Any]:
+    def predict(self, image: ImageInput, text: str | None, *, threshold=None) -> dict[str, Any]:
         """Classify one pair.
 
         Args:
             image: a PIL image (any mode), an image file path, encoded bytes or a uint8 array.
             text (`str`): the caption; `""` (or `None`) for none.
+            threshold (`float` or `list[float]`, *optional*): the decision threshold for this call (default: the
+                predictor's, i.e. the checkpoint's).
 
         Returns:
             `{"label": name, "label_id": int, "probabilities": {name: probability}}`.
@@ -139,12 +166,15 @@ class MMFusionPredictor:
         Raises:
             `ImageCheckError`: the image file is missing, unreadable or too large (the message names it).
         """
-        return self.predict_batch([image], [text])[0]
+        return self.predict_batch([image], [text], threshold=threshold)[0]
 
-    def predict_batch(self, images: Sequence[ImageInput], texts: Sequence[str | None]) -> list[dict[str, Any]]:
+    def predict_batch(
+        self, images: Sequence[ImageInput], texts: Sequence[str | None], *, threshold=None
+    ) -> list[dict[str, Any]]:
         """Classify pairs `(images[i], texts[i])`, `batch_size` at a time; one record (see `predict`) per pair."""
+        threshold = self._threshold(threshold)
         probabilities = self.predict_probabilities(images, texts)
-        return [prediction_record(row, self.label_names) for row in probabilities]
+        return [prediction_record(row, self.label_names, threshold) for row in probabilities]
 
     def predict_probabilities(
         self, images: Sequence[ImageInput], texts: Sequence[str | None], *, progress: bool = False
@@ -193,7 +223,7 @@ class MMFusionPredictor:
         return inputs, len(captions)
 
     def _probabilities(self, inputs) -> np.ndarray:
-        return probabilities_from_logits(self.backend.logits(inputs), getattr(self.config, "problem_type", None))
+        return config_probabilities(self.backend.logits(inputs), self.config, temperature=self.temperature)
 
     # ------------------------------------------------------------------------------------------------ files
 
@@ -205,6 +235,7 @@ class MMFusionPredictor:
         *,
         report_path: str | os.PathLike | None = None,
         progress: bool = True,
+        threshold=None,
         **load_options,
     ) -> Predictions:
         r"""
@@ -227,6 +258,8 @@ class MMFusionPredictor:
                 Where to also write the load report as JSON.
             progress (`bool`, *optional*, defaults to `True`):
                 Show a tqdm progress bar.
+            threshold (`float` or `list[float]`, *optional*):
+                The decision threshold for this call (default: the predictor's).
             load_options:
                 Passed to `load_image_text_dataset`: the fields of `mmfusion.data.LoaderArguments` (`image_column`,
                 `text_column`, `id_column`, `class_names`, `encoding`, `max_image_pixels`, `cache_dir`, ...), e.g.
@@ -246,11 +279,15 @@ class MMFusionPredictor:
         if report_path is not None:  # saved here rather than by the loader: not every loader takes `report_path`
             report.save(report_path)
         split = choose_split(dataset_dict, split, source)
-        predictions = self.predict_dataset(dataset_dict[split], progress=progress, description=f"Predicting {split}")
+        predictions = self.predict_dataset(
+            dataset_dict[split], progress=progress, description=f"Predicting {split}", threshold=threshold
+        )
         predictions.split, predictions.report = split, report
         return predictions
 
-    def predict_dataset(self, dataset, *, progress: bool = True, description: str = "Predicting") -> Predictions:
+    def predict_dataset(
+        self, dataset, *, progress: bool = True, description: str = "Predicting", threshold=None
+    ) -> Predictions:
         """Predict a `datasets.Dataset` with `id`, `image` and `text` columns (and optionally `label`).
 
         Images are read undecoded (file path or encoded bytes) and decoded by the predictor's threads.
@@ -267,11 +304,15 @@ class MMFusionPredictor:
             probabilities=probabilities,
             label_names=list(self.label_names),
             true_labels=labels,
+            threshold=self._threshold(threshold),
         )
 
     def __repr__(self) -> str:
         engine = type(self.backend).__name__
-        return f"{type(self).__name__}(backend={engine}, labels={self.label_names}, batch_size={self.batch_size})"
+        return (
+            f"{type(self).__name__}(backend={engine}, labels={self.label_names}, batch_size={self.batch_size}, "
+            f"threshold={self.threshold}, temperature={self.temperature:g})"
+        )
 
 
 def encoded_image(item: dict) -> bytes | str:

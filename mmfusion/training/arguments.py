@@ -84,6 +84,23 @@ class ModelArguments:
             "and show them beside the fused model in the report and model card."
         },
     )
+    calibrate: bool = field(
+        default=True,
+        metadata={
+            "help": "After training, fit a temperature on the validation split (temperature scaling) so the scores "
+            "mean what they say; stored in the config and applied by every inference path. It never changes a "
+            "predicted label."
+        },
+    )
+    decision_threshold: str | None = field(
+        default=None,
+        metadata={
+            "help": "The operating point: a number in [0, 1] (class 1 is predicted when its probability reaches it) "
+            "or a policy chosen on the validation split: max_f1, precision=0.9, recall=0.9, fpr=0.01 (one vs rest "
+            "per class for more than two classes). Stored in the config with the figures it met; every inference "
+            "path uses it. Default: argmax."
+        },
+    )
     classifier_dropout: float = 0.1
     modality_dropout: float = field(
         default=0.0, metadata={"help": "Probability of dropping one modality per training example (off by default)."}
@@ -224,6 +241,10 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         defaults.update(file_values)
     parser.set_defaults(**defaults)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.decision_threshold is not None:
+        from ..evaluation.thresholds import parse_policy
+
+        parse_policy(model_args.decision_threshold)  # a bad policy stops here, before anything is built
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.world_size != launched:
         raise RuntimeError(

@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer
 
 from ..evaluation.ablation import ABLATIONS, blank_image
-from ..evaluation.predictions import Predictions, probabilities_from_logits
+from ..evaluation.predictions import Predictions, config_probabilities
 from ..files import atomic_write_text
 from .collator import MMFusionCollator
 from .inputs import IMAGE_EMBEDS, IMAGE_FEATURES, TEXT_EMBEDS, resized_uint8_pixels
@@ -63,8 +63,8 @@ class MMFusionTrainer(Trainer):
             merged.update(metrics)
             atomic_write_text(path, json.dumps(merged, indent=4, sort_keys=True))
 
-    def predict_probabilities(self, dataset, collator: MMFusionCollator | None = None) -> np.ndarray:
-        """Softmax probabilities for every example of a prepared split (all processes must call this)."""
+    def predict_logits(self, dataset, collator: MMFusionCollator | None = None) -> np.ndarray:
+        """Logits for every example of a prepared split (all processes must call this)."""
         original = self.data_collator
         if collator is not None:
             self.data_collator = collator
@@ -72,18 +72,26 @@ class MMFusionTrainer(Trainer):
             logits = self.predict(dataset, metric_key_prefix="predict").predictions
         finally:
             self.data_collator = original
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        return probabilities_from_logits(logits, self.model.config.problem_type)
+        return np.asarray(logits[0] if isinstance(logits, tuple) else logits)
 
-    def predict_split(self, raw_split, prepared_split, name: str | None = None) -> Predictions:
-        """The model's predictions on one split: `prepared_split` scored, `raw_split`'s ids, captions and labels."""
+    def predict_probabilities(self, dataset, collator: MMFusionCollator | None = None) -> np.ndarray:
+        """Class probabilities (the config's temperature applied) for every example of a prepared split (all
+        processes must call this)."""
+        return config_probabilities(self.predict_logits(dataset, collator), self.model.config)
+
+    def predict_split(self, raw_split, prepared_split, name: str | None = None, logits=None) -> Predictions:
+        """The model's predictions on one split: `prepared_split` scored (or its `logits`, when already computed),
+        `raw_split`'s ids, captions and labels; decided with the config's decision threshold."""
+        logits = self.predict_logits(prepared_split) if logits is None else logits
         return Predictions(
             ids=raw_split["id"],
-            probabilities=self.predict_probabilities(prepared_split),
+            probabilities=config_probabilities(logits, self.model.config),
             label_names=raw_split.features["label"].names,
             true_labels=raw_split["label"],
             texts=raw_split["text"],
             split=name,
+            threshold=getattr(self.model.config, "decision_threshold", None),
+            logits=logits,
         )
 
     def ablation_probabilities(self, dataset, processor) -> dict[str, np.ndarray]:

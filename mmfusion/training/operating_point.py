@@ -1,0 +1,94 @@
+"""After training: temperature scaling and the decision threshold, fitted on the validation split (train.py step 7).
+
+Both end up in the model's config (`calibration_temperature`, `calibration`, `decision_threshold`, `decision_policy`,
+`decision_figures`), which every inference path reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluation.calibration import fit_temperature
+from ..evaluation.predictions import config_probabilities
+from ..evaluation.thresholds import fit_decision_threshold, operating_point_report, parse_policy
+
+logger = logging.getLogger(__name__)
+
+
+def fit_operating_point(config, validation_logits, validation_labels, label_names, *, split, calibrate, policy):
+    """Set `config`'s temperature (when `calibrate`) and decision threshold (`policy`, see
+    `mmfusion.evaluation.thresholds`) from the validation split's logits; returns what was done, for the log.
+
+    `validation_logits` may be None (no labeled validation split): then nothing is fitted, and a policy that needs
+    fitting is refused. Raises `UnreachableTargetError` for a target the validation split cannot meet.
+    """
+    done = {}
+    multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+    if calibrate and validation_logits is not None and not multi_label:
+        fit = fit_temperature(validation_logits, validation_labels, split=split)
+        config.calibration_temperature = fit.temperature
+        config.calibration = fit.to_dict()
+        done["temperature"] = fit
+    if policy is None:
+        return done
+    policy = parse_policy(policy)
+    if policy.kind == "fixed":
+        config.decision_threshold = policy.target if len(label_names) == 2 else [policy.target] * len(label_names)
+        config.decision_policy = "fixed"
+        config.decision_figures = None
+        if validation_logits is not None:
+            probabilities = config_probabilities(validation_logits, config)
+            figures = operating_point_report(probabilities, validation_labels, config.decision_threshold, label_names)
+            config.decision_figures = {"policy": "fixed", "split": split, **figures}
+    else:
+        if validation_logits is None:
+            raise ValueError(
+                f"--decision_threshold {policy} is chosen on the validation split, and this run has no labeled "
+                "validation split; give a number instead, or a validation split (--validation_split)."
+            )
+        probabilities = config_probabilities(validation_logits, config)
+        threshold, figures = fit_decision_threshold(probabilities, validation_labels, policy, label_names, split=split)
+        config.decision_threshold, config.decision_policy, config.decision_figures = threshold, str(policy), figures
+    done["threshold"] = config.decision_threshold
+    return done
+
+
+def run_operating_point(trainer, raw, prepared, splits, model_args, output_dir, *, save: bool) -> dict:
+    """train.py's step: predict the validation split, fit, and save the config beside the weights when `save`.
+
+    Returns `{split: logits}` for the split it predicted, so that train.py does not predict it twice."""
+    config = trainer.model.config
+    validation = splits.get("validation")
+    labeled = validation is not None and any(label >= 0 for label in raw[validation]["label"])
+    policy = model_args.decision_threshold
+    if not (model_args.calibrate or policy is not None):
+        return {}
+    logits = trainer.predict_logits(prepared[validation]) if labeled else None
+    labels = np.asarray(raw[validation]["label"]) if labeled else None
+    label_names = raw[validation or next(iter(raw))].features["label"].names
+    done = fit_operating_point(
+        config, logits, labels, label_names, split=validation, calibrate=model_args.calibrate, policy=policy
+    )
+    if "temperature" in done:
+        fit = done["temperature"]
+        logger.info(
+            "Temperature scaling on %s: T = %.4g, NLL %.4f -> %.4f, ECE %.4f -> %.4f%s",
+            validation,
+            fit.temperature,
+            fit.nll_before,
+            fit.nll_after,
+            fit.ece_before,
+            fit.ece_after,
+            f" ({fit.note})" if fit.note else "",
+        )
+    if "threshold" in done:
+        logger.info("Decision threshold (%s): %s", config.decision_policy, config.decision_threshold)
+    if save and trainer.is_world_process_zero():
+        config.save_pretrained(Path(output_dir))
+    return {validation: logits} if logits is not None else {}
+
+
+__all__ = ["fit_operating_point", "run_operating_point"]
