@@ -30,6 +30,8 @@ NON_DEFAULT = {
     "max_image_pixels": 12345,
     "cache_dir": "/tmp/somewhere",
     "demo_seed": 7,
+    "dataset_format": "harmeme",
+    "task": "target",
 }
 
 

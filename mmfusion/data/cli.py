@@ -47,13 +47,17 @@ def describe(
     stats = {}
     for split, dataset in dataset_dict.items():
         feature = dataset.features.get("label")
+        multi_label = isinstance(feature, datasets.List)  # a list of classes per row: each class counted
+        if multi_label:
+            feature = feature.feature
         names = feature.names if isinstance(feature, datasets.ClassLabel) else None
         # Read the label column from Arrow directly: no image is decoded.
-        counts = (
-            Counter(dataset.with_format("arrow")["label"].to_pylist())
-            if "label" in dataset.column_names
-            else Counter()
-        )
+        values = dataset.with_format("arrow")["label"].to_pylist() if "label" in dataset.column_names else []
+        if multi_label:
+            counts = Counter(label for row in values if row is not None for label in row)
+            counts[None] = sum(row is None for row in values)
+        else:
+            counts = Counter(values)
         unlabeled = counts.pop(-1, 0) + counts.pop(None, 0)
         if names is not None:
             labels = {name: counts.get(i, 0) for i, name in enumerate(names)}
@@ -126,6 +130,8 @@ def save_grid(
     columns = max(1, min(columns, num_examples))
     rows = math.ceil(num_examples / columns)
     label_feature = dataset.features.get("label")
+    if isinstance(label_feature, datasets.List):
+        label_feature = label_feature.feature
     names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
 
     # A Figure with its own Agg canvas instead of pyplot: no global state, no GUI backend, safe in threads.
@@ -138,7 +144,10 @@ def save_grid(
         axes.set_xticks([])
         axes.set_yticks([])
         label = example.get("label")
-        label_text = "unlabeled" if label in (None, -1) else (names[label] if names else str(label))
+        if isinstance(label, list):  # a multi-label task
+            label_text = ", ".join(str(names[i]) if names else str(i) for i in label) or "none"
+        else:
+            label_text = "unlabeled" if label in (None, -1) else (names[label] if names else str(label))
         axes.set_title(f"{example.get('id', index)} | {label_text}", fontsize=9)
         caption = textwrap.fill(example.get("text") or "(no caption)", width=caption_width, max_lines=3)
         axes.set_xlabel(caption, fontsize=8)
@@ -195,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmfusion-data: error: {err}", file=sys.stderr)
         return 1
     if args.command == "stats":
+        if report.task:
+            print(report.task_line())
         describe(dataset_dict)
+        for split in report.splits.values():
+            for reason, count in split.outside_task.items():
+                print(f"{split.split}: {count} rows outside the task ({reason})")
         for line in report.overlap_warnings():
             print(f"warning: {line}")
         if report.num_skipped:
