@@ -144,12 +144,23 @@ def make_pridemm(root):
     return root
 
 
+def make_hateful_memes(root):
+    """Phase 1 names, `img\\/` paths, an int id that lost its leading zeros, a test file without labels."""
+    root = str(root)
+    for name in ("01235.png", "00002.png"):
+        write_image(os.path.join(root, "img", name))
+    write_jsonl(os.path.join(root, "dev.jsonl"), ['{"id": 1235, "img": "img\\/01235.png", "label": 1, "text": "x"}'])
+    write_jsonl(os.path.join(root, "test.jsonl"), [{"id": "00002", "img": "img/00002.png", "text": "y"}])
+    return root
+
+
 def _mkdir(path):
     os.makedirs(path, exist_ok=True)
     return path
 
 
 MAKERS = {
+    "hateful_memes": make_hateful_memes,
     "mami": make_mami,
     "harmeme": make_harmeme,
     "memotion": make_memotion,

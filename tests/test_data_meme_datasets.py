@@ -240,3 +240,29 @@ def test_mmfusion_data_stats_names_the_task_and_counts_rows_outside_it(tmp_path,
     root = MAKERS["mami"](tmp_path / "mami")
     assert main(["stats", root, "--task", "B", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "train: 3 rows | shaming 1 (33.3%), stereotype 1" in capsys.readouterr().out
+
+
+def _image_bytes(split):
+    images = split.cast_column("image", datasets.Image(decode=False))["image"]
+    return [image["bytes"] if image["bytes"] is not None else open(image["path"], "rb").read() for image in images]
+
+
+@pytest.mark.parametrize("layout", sorted(MAKERS) + ["mami:B", "mmhs150k:votes"])
+def test_convert_round_trips_through_load_dataset(layout, tmp_path):
+    from mmfusion.data.cli import main
+
+    layout, _, task = layout.partition(":")
+    root = MAKERS[layout](tmp_path / layout)
+    out = tmp_path / "hub"
+    cache = str(tmp_path / "cache")
+    argv = ["convert", root, str(out), "--cache-dir", cache] + (["--task", task] if task else [])
+    assert main(argv) == 0
+    original = load_image_text_dataset(root, cache_dir=cache, task=task or None)
+    converted = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hub-cache"))
+    assert list(converted) == list(original)
+    for split in original:
+        assert converted[split].features == original[split].features  # Image feature, label names
+        for column in ("id", "text", "label"):
+            assert converted[split][column] == original[split][column], (split, column)
+        assert _image_bytes(converted[split]) == _image_bytes(original[split])
+    assert ("task" in (out / "README.md").read_text()) == (layout != "hateful_memes")  # the labels' mapping

@@ -3,6 +3,7 @@
 ```
 mmfusion-data stats SOURCE                                  # split sizes, label balance, train/evaluation overlap
 mmfusion-data grid SOURCE --split train --out grid.png      # a PNG grid of examples with captions and labels
+mmfusion-data convert SOURCE OUT [--push-to-hub org/name]   # a Hub-ready copy: parquet, images embedded, label names
 ```
 
 SOURCE is anything `train.py --dataset` accepts (see `load_image_text_dataset`): `demo`, a Hateful Memes folder, a
@@ -158,6 +159,51 @@ def save_grid(
     return path
 
 
+def convert_to_hub_folder(
+    dataset_dict: datasets.DatasetDict, out: str | os.PathLike, *, report=None
+) -> dict[str, str]:
+    """Write `dataset_dict` as a Hub-ready dataset folder: `data/<split>-00000-of-00001.parquet` per split (images
+    embedded as bytes, the features, hence the `ClassLabel` names, in the parquet schema) and a `README.md` whose YAML
+    names the splits, so that `datasets.load_dataset(out)` gives the same splits, rows, labels and image bytes, and
+    the folder can be uploaded as is (`huggingface-cli upload --repo-type dataset`, or `push_to_hub`).
+
+    Returns:
+        `{split: parquet path}`.
+    """
+    from datasets.table import embed_table_storage
+
+    out = os.path.abspath(os.fspath(out))
+    os.makedirs(os.path.join(out, "data"), exist_ok=True)
+    written = {}
+    for split, dataset in dataset_dict.items():
+        path = os.path.join(out, "data", f"{split}-00000-of-00001.parquet")
+        # As push_to_hub does: image files are read into the table, so the parquet file holds their bytes.
+        embedded = dataset.with_format("arrow").map(embed_table_storage, batched=True, desc=f"Embedding {split}")
+        embedded.with_format(None).to_parquet(path)
+        written[split] = path
+    config = "\n".join(f"      - split: {split}\n        path: data/{split}-*" for split in dataset_dict)
+    lines = [
+        "---",
+        "configs:",
+        "  - config_name: default",
+        "    data_files:",
+        config,
+        "---",
+        "",
+        "# Image+text classification data",
+        "",
+        f"Converted by `mmfusion-data convert` from {report.source if report is not None else 'a dataset'}: columns "
+        "`id`, `image`, `text`, `label`.",
+    ]
+    if report is not None and report.task:
+        lines += ["", f"Labels: {report.task_line()}."]
+    counts = ", ".join(f"{split} {len(dataset)}" for split, dataset in dataset_dict.items())
+    lines += ["", f"Rows: {counts}.", ""]
+    with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return written
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmfusion-data",
@@ -185,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--out", default="grid.png")
     grid.add_argument("--num-examples", type=int, default=16)
     grid.add_argument("--columns", type=int, default=4)
+    convert = add_source_command("convert", "write a Hub-ready copy (parquet, images embedded, label names)")
+    convert.add_argument("out", help="output folder; datasets.load_dataset(OUT) reads it back")
+    convert.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", default=None, metavar="REPO",
+                         help="also upload it as this Hub dataset repository (org/name)")  # fmt: skip
     return parser
 
 
@@ -214,6 +264,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {line}")
         if report.num_skipped:
             print(f"skipped {report.num_skipped} bad row(s); report: {report.path}")
+        return 0
+    if args.command == "convert":
+        written = convert_to_hub_folder(dataset_dict, args.out, report=report)
+        for split, path in written.items():
+            print(f"wrote {split}: {len(dataset_dict[split])} rows to {path}")
+        if args.push_to_hub:
+            datasets.load_dataset(os.path.abspath(args.out)).push_to_hub(args.push_to_hub)
+            print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
         return 0
     if args.split not in dataset_dict:
         print(f"mmfusion-data: error: no split {args.split!r} (splits: {list(dataset_dict)})", file=sys.stderr)
