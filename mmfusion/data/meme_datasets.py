@@ -639,15 +639,20 @@ def detect_layout(path: str | os.PathLike) -> str | None:
 
 
 def task_table() -> str:
-    """Markdown: every dataset with its folder layout and tasks (for the README)."""
+    """Markdown: every dataset with its folder layout, tasks and the command that trains on it (the README's table,
+    checked by a test)."""
     lines = [
-        "| dataset (`--dataset_format`) | folder as downloaded | `--task` (default first): classes |",
-        "|---|---|---|",
+        "| dataset (`--dataset_format`) | folder as downloaded | `--task` (default first) | train on it |",
+        "|---|---|---|---|",
     ]
     for layout in LAYOUTS.values():
         names = [layout.default_task, *(t for t in layout.tasks if t != layout.default_task)]
         tasks = "; ".join(f"`{t}`: {layout.tasks[t].description}" for t in names)
-        lines.append(f"| {layout.title} (`{layout.name}`) | {layout.files} | {tasks} |")
+        command = (
+            f"`python train.py --dataset data/{layout.name} --task {layout.default_task}`; "
+            f"`python -m mmfusion.training.sweep configs/meme_{layout.name}.yaml`"
+        )
+        lines.append(f"| {layout.title} (`{layout.name}`) | {layout.files} | {tasks} | {command} |")
     return "\n".join(lines)
 
 
