@@ -211,6 +211,16 @@ def test_train_py_trains_on_a_harmeme_folder_as_downloaded(repo_root, tiny_train
     results = json.loads((output / "all_results.json").read_text())
     assert {"eval_auroc", "test_auroc"} <= set(results)  # val is the validation split, test the test split
 
+    # mmfusion-predict takes the same folder as downloaded, with the same --task
+    from mmfusion.inference.predict import main as predict_main
+
+    predictions = tmp_path / "predictions.csv"
+    argv = [str(output), "--input", root, "--split", "test", "--task", "harmful", "--output", str(predictions)]
+    assert predict_main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert [line.split(",")[0] for line in predictions.read_text().splitlines()[1:]] == [
+        f"m{i}" for i in range(33, 41)
+    ]
+
 
 def test_train_py_refuses_a_multi_label_task_clearly(repo_root, tiny_train_args, tmp_path):
     import subprocess
