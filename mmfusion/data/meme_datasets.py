@@ -695,6 +695,7 @@ class MemeBenchmark(ImageTextBuilder):
             raise ValueError(f"{layout.title} has no task {task!r}; its tasks: {', '.join(layout.tasks)}")
         self._task_name = task
         self._task = layout.tasks[task]
+        _by_stem.cache_clear()  # folder listings are read afresh by every build
         self._splits, files = layout.read(data_dir, kwargs.get("encoding", ImageTextConfig.encoding))
         if not self._splits:
             raise FileNotFoundError(f"{data_dir}: no {layout.title} split file found (expected {layout.files})")
