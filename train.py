@@ -41,6 +41,7 @@ from mmfusion.training.setup import (
     build_processor,
     check_train_split,
     is_labeled,
+    label_names_of,
     limit_samples,
     load_data,
     resolve_image_size,
@@ -76,10 +77,10 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     # 2. Data: every row checked once at load time, then the splits that play train/validation/test.
     with training_args.main_process_first(desc="loading data"):
         raw, load_report = load_data(data_args)
+    label_names = label_names_of(raw, data_args)  # a multi-label task is refused here, saying so
     splits = resolve_splits(raw, data_args)
     if training_args.do_train:
         check_train_split(raw, splits, data_args)
-    label_names = raw[next(iter(raw))].features["label"].names
     limit_samples(raw, splits, data_args)
 
     # 3. Processor and model.

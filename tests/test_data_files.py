@@ -204,7 +204,7 @@ def test_detect_kind(tmp_path, sentiment_jsonl):
     assert detect_kind(str(sentiment_jsonl)) == "files"
     assert detect_kind({"train": sentiment_jsonl}) == "files"
     assert detect_kind(datasets.Dataset.from_dict({"a": [1]})) == "dataset"
-    with pytest.raises(ValueError, match="not in the Hateful Memes layout"):
+    with pytest.raises(ValueError, match="in none of the layouts mmfusion recognises: Hateful Memes"):
         detect_kind(tmp_path)
     with pytest.raises(FileNotFoundError):
         detect_kind(tmp_path / "nothing")

@@ -353,3 +353,36 @@ def test_empty_split_file_and_fully_skipped_split_give_empty_splits(tmp_path):
     assert {split: len(ds) for split, ds in dataset.items()} == {"train": 1, "dev_seen": 0, "test_seen": 0}
     assert dataset["test_seen"].features == dataset["train"].features
     assert report.skipped_ids == ["00002"]
+
+
+def test_escaped_slash_and_int_id_without_its_leading_zero(tmp_path):
+    root = tmp_path / "hm"
+    write_image(root / "img" / "01235.png")
+    # as in the release: `img\/01235.png` (JSON's escaped slash), and an int id that lost the file name's zero
+    write_jsonl(root / "train.jsonl", ['{"id": 1235, "img": "img\\/01235.png", "label": 1, "text": "x"}'])
+    dataset = load_image_text_dataset(root, cache_dir=tmp_path / "cache")
+    assert dataset["train"]["id"] == ["1235"] and dataset["train"]["label"] == [1]
+    assert dataset["train"][0]["image"].size == (24, 16)
+
+
+def test_hub_copy_with_an_image_feature(tmp_path):
+    import datasets
+
+    write_image(tmp_path / "a.png")
+    features = datasets.Features(
+        {
+            "id": datasets.Value("int64"),
+            "image": datasets.Image(),
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["not_hateful", "hateful"]),
+        }
+    )
+    hub_copy = datasets.Dataset.from_dict(
+        {"id": [42953], "image": [str(tmp_path / "a.png")], "text": ["t"], "label": [1]}, features=features
+    )
+    dataset = load_image_text_dataset(datasets.DatasetDict({"train": hub_copy}))
+    assert dataset["train"]["id"] == ["42953"] and dataset["train"].features["label"].names == [
+        "not_hateful",
+        "hateful",
+    ]
+    assert dataset["train"][0]["image"].mode == "RGB"

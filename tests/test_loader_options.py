@@ -30,6 +30,8 @@ NON_DEFAULT = {
     "max_image_pixels": 12345,
     "cache_dir": "/tmp/somewhere",
     "demo_seed": 7,
+    "dataset_format": "harmeme",
+    "task": "target",
 }
 
 
@@ -85,7 +87,8 @@ def test_every_command_parses_the_options_into_the_same_values(spelling):
     _, data_args, _ = parse_arguments(argv)
     parsed = {"train.py": LoaderArguments(**{f.name: getattr(data_args, f.name) for f in fields(LoaderArguments)})}
     for name, parser in data_subcommands().items():
-        parsed[f"mmfusion-data {name}"] = LoaderArguments.from_namespace(parser.parse_args(["SOURCE", *argv]))
+        positional = ["SOURCE", "OUT"] if name == "convert" else ["SOURCE"]
+        parsed[f"mmfusion-data {name}"] = LoaderArguments.from_namespace(parser.parse_args([*positional, *argv]))
     parsed["mmfusion-predict"] = LoaderArguments.from_namespace(
         predict_parser().parse_args(["CKPT", "--input", "x.jsonl", *argv])
     )

@@ -7,6 +7,8 @@ One entry point, `load_image_text_dataset(source, **options)` (`sources.py`), di
 
 - `load_demo_dataset` for `"demo"` (synthetic, generated locally; see `mmfusion.data.demo` for the rule),
 - `load_hateful_memes` for a Hateful Memes folder (`img/` + `train.jsonl`, `dev_seen.jsonl`, ...),
+- `load_meme_dataset` for the other meme benchmarks' folders as downloaded (MAMI, HarMeme, Memotion 7k, MultiOFF,
+  MMHS150K, PrideMM: `meme_datasets.py`, one table of tasks per dataset; `task=` picks the label set),
 - `load_image_text_files` for `.jsonl`/`.csv`/`.tsv` files (one per split) with configurable column names,
 - `from_dataset` for an existing `datasets.Dataset`/`DatasetDict`, and for a Hub dataset name (`load_dataset`).
 
@@ -36,6 +38,7 @@ from .files import ImageTextBuilder, ImageTextConfig, ImageTextFiles, ImageTextF
 from .hateful_memes import HATEFUL_MEMES_CLASS_NAMES, HatefulMemes, load_hateful_memes
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .in_memory import from_dataset
+from .meme_datasets import LAYOUTS, MemeBenchmark, Task, detect_layout, load_meme_dataset
 from .options import LoaderArguments
 from .rows import image_text_features, train_eval_overlap
 from .sources import detect_kind, is_hub_name, load_image_text_dataset
@@ -47,6 +50,9 @@ __all__ = [
     "DEMO_SPLIT_SIZES",
     "HATEFUL_MEMES_CLASS_NAMES",
     "HatefulMemes",
+    "LAYOUTS",
+    "MemeBenchmark",
+    "Task",
     "ImageTextBuilder",
     "ImageTextConfig",
     "ImageTextFiles",
@@ -58,6 +64,7 @@ __all__ = [
     "demo_rule",
     "describe",
     "detect_kind",
+    "detect_layout",
     "from_dataset",
     "grid_pixel_size",
     "image_text_features",
@@ -66,6 +73,7 @@ __all__ = [
     "load_hateful_memes",
     "load_image_text_dataset",
     "load_image_text_files",
+    "load_meme_dataset",
     "make_demo_folder",
     "save_grid",
     "train_eval_overlap",

@@ -3,6 +3,7 @@
 ```
 mmfusion-data stats SOURCE                                  # split sizes, label balance, train/evaluation overlap
 mmfusion-data grid SOURCE --split train --out grid.png      # a PNG grid of examples with captions and labels
+mmfusion-data convert SOURCE OUT [--push-to-hub org/name]   # a Hub-ready copy: parquet, images embedded, label names
 ```
 
 SOURCE is anything `train.py --dataset` accepts (see `load_image_text_dataset`): `demo`, a Hateful Memes folder, a
@@ -47,13 +48,17 @@ def describe(
     stats = {}
     for split, dataset in dataset_dict.items():
         feature = dataset.features.get("label")
+        multi_label = isinstance(feature, datasets.List)  # a list of classes per row: each class counted
+        if multi_label:
+            feature = feature.feature
         names = feature.names if isinstance(feature, datasets.ClassLabel) else None
         # Read the label column from Arrow directly: no image is decoded.
-        counts = (
-            Counter(dataset.with_format("arrow")["label"].to_pylist())
-            if "label" in dataset.column_names
-            else Counter()
-        )
+        values = dataset.with_format("arrow")["label"].to_pylist() if "label" in dataset.column_names else []
+        if multi_label:
+            counts = Counter(label for row in values if row is not None for label in row)
+            counts[None] = sum(row is None for row in values)
+        else:
+            counts = Counter(values)
         unlabeled = counts.pop(-1, 0) + counts.pop(None, 0)
         if names is not None:
             labels = {name: counts.get(i, 0) for i, name in enumerate(names)}
@@ -126,6 +131,8 @@ def save_grid(
     columns = max(1, min(columns, num_examples))
     rows = math.ceil(num_examples / columns)
     label_feature = dataset.features.get("label")
+    if isinstance(label_feature, datasets.List):
+        label_feature = label_feature.feature
     names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
 
     # A Figure with its own Agg canvas instead of pyplot: no global state, no GUI backend, safe in threads.
@@ -138,7 +145,10 @@ def save_grid(
         axes.set_xticks([])
         axes.set_yticks([])
         label = example.get("label")
-        label_text = "unlabeled" if label in (None, -1) else (names[label] if names else str(label))
+        if isinstance(label, list):  # a multi-label task
+            label_text = ", ".join(str(names[i]) if names else str(i) for i in label) or "none"
+        else:
+            label_text = "unlabeled" if label in (None, -1) else (names[label] if names else str(label))
         axes.set_title(f"{example.get('id', index)} | {label_text}", fontsize=9)
         caption = textwrap.fill(example.get("text") or "(no caption)", width=caption_width, max_lines=3)
         axes.set_xlabel(caption, fontsize=8)
@@ -147,6 +157,51 @@ def save_grid(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, format="png", dpi=dpi)  # no bbox_inches="tight": keep the documented pixel size
     return path
+
+
+def convert_to_hub_folder(
+    dataset_dict: datasets.DatasetDict, out: str | os.PathLike, *, report=None
+) -> dict[str, str]:
+    """Write `dataset_dict` as a Hub-ready dataset folder: `data/<split>-00000-of-00001.parquet` per split (images
+    embedded as bytes, the features, hence the `ClassLabel` names, in the parquet schema) and a `README.md` whose YAML
+    names the splits, so that `datasets.load_dataset(out)` gives the same splits, rows, labels and image bytes, and
+    the folder can be uploaded as is (`huggingface-cli upload --repo-type dataset`, or `push_to_hub`).
+
+    Returns:
+        `{split: parquet path}`.
+    """
+    from datasets.table import embed_table_storage
+
+    out = os.path.abspath(os.fspath(out))
+    os.makedirs(os.path.join(out, "data"), exist_ok=True)
+    written = {}
+    for split, dataset in dataset_dict.items():
+        path = os.path.join(out, "data", f"{split}-00000-of-00001.parquet")
+        # As push_to_hub does: image files are read into the table, so the parquet file holds their bytes.
+        embedded = dataset.with_format("arrow").map(embed_table_storage, batched=True, desc=f"Embedding {split}")
+        embedded.with_format(None).to_parquet(path)
+        written[split] = path
+    config = "\n".join(f"      - split: {split}\n        path: data/{split}-*" for split in dataset_dict)
+    lines = [
+        "---",
+        "configs:",
+        "  - config_name: default",
+        "    data_files:",
+        config,
+        "---",
+        "",
+        "# Image+text classification data",
+        "",
+        f"Converted by `mmfusion-data convert` from {report.source if report is not None else 'a dataset'}: columns "
+        "`id`, `image`, `text`, `label`.",
+    ]
+    if report is not None and report.task:
+        lines += ["", f"Labels: {report.task_line()}."]
+    counts = ", ".join(f"{split} {len(dataset)}" for split, dataset in dataset_dict.items())
+    lines += ["", f"Rows: {counts}.", ""]
+    with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return written
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -176,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--out", default="grid.png")
     grid.add_argument("--num-examples", type=int, default=16)
     grid.add_argument("--columns", type=int, default=4)
+    convert = add_source_command("convert", "write a Hub-ready copy (parquet, images embedded, label names)")
+    convert.add_argument("out", help="output folder; datasets.load_dataset(OUT) reads it back")
+    convert.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", default=None, metavar="REPO",
+                         help="also upload it as this Hub dataset repository (org/name)")  # fmt: skip
     return parser
 
 
@@ -195,11 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmfusion-data: error: {err}", file=sys.stderr)
         return 1
     if args.command == "stats":
+        if report.task:
+            print(report.task_line())
         describe(dataset_dict)
+        for split in report.splits.values():
+            for reason, count in split.outside_task.items():
+                print(f"{split.split}: {count} rows outside the task ({reason})")
         for line in report.overlap_warnings():
             print(f"warning: {line}")
         if report.num_skipped:
             print(f"skipped {report.num_skipped} bad row(s); report: {report.path}")
+        return 0
+    if args.command == "convert":
+        written = convert_to_hub_folder(dataset_dict, args.out, report=report)
+        for split, path in written.items():
+            print(f"wrote {split}: {len(dataset_dict[split])} rows to {path}")
+        if args.push_to_hub:
+            datasets.load_dataset(os.path.abspath(args.out)).push_to_hub(args.push_to_hub)
+            print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
         return 0
     if args.split not in dataset_dict:
         print(f"mmfusion-data: error: no split {args.split!r} (splits: {list(dataset_dict)})", file=sys.stderr)

@@ -120,6 +120,16 @@ class SplitReport:
     num_unlabeled: int = 0
     num_images_converted: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # Rows of a dataset with several label sets that the chosen task has no label for ({reason: count}), e.g.
+    # HarMeme's "not harmful" memes in its target task: left out of the split, and counted here.
+    outside_task: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_outside_task(self) -> int:
+        return sum(self.outside_task.values())
+
+    def add_outside_task(self, reason: str) -> None:
+        self.outside_task[reason] = self.outside_task.get(reason, 0) + 1
 
     def add_skipped(self, error: BadRowError) -> None:
         self.num_skipped += 1
@@ -128,7 +138,7 @@ class SplitReport:
     def add_example(self, example: dict[str, Any], image_converted: bool) -> None:
         self.num_rows += 1
         self.num_empty_text += int(not example["text"].strip())
-        self.num_unlabeled += int(example["label"] == -1)
+        self.num_unlabeled += int(example["label"] is None or example["label"] == -1)  # None: multi-label
         self.num_images_converted += int(image_converted)
 
 
@@ -144,6 +154,9 @@ class LoadReport:
         overlap (`dict[str, list[str]]`): `{evaluation split: ids of its rows also in train}` (same id, same image,
             same text); such rows inflate every metric measured on that split. Empty when there is none.
         path (`str`, *optional*): where the report is saved as JSON.
+        task (`dict`, *optional*): for a dataset with several label sets (MAMI, HarMeme, ...): the dataset, the task
+            chosen and whether it is the default, the tasks there are, the class names and the table from the raw
+            values to the classes (see `meme_datasets.Task.describe`).
     """
 
     source: str
@@ -151,6 +164,7 @@ class LoadReport:
     splits: dict[str, SplitReport] = field(default_factory=dict)
     overlap: dict[str, list[str]] = field(default_factory=dict)
     path: str | None = None
+    task: dict[str, Any] | None = None
 
     @property
     def num_skipped(self) -> int:
@@ -188,6 +202,7 @@ class LoadReport:
             "num_skipped": self.num_skipped,
             "splits": {name: asdict(split) for name, split in self.splits.items()},
             "overlap": self.overlap,
+            "task": self.task,
         }
 
     def save(self, path: str | os.PathLike) -> str:
@@ -211,6 +226,7 @@ class LoadReport:
             splits={name: SplitReport(**split) for name, split in data["splits"].items()},
             overlap=data.get("overlap", {}),
             path=os.path.abspath(os.fspath(path)),
+            task=data.get("task"),
         )
 
     def summary(self) -> str:
@@ -223,11 +239,27 @@ class LoadReport:
                 text += f", {split.num_empty_text} empty captions"
             if split.num_unlabeled:
                 text += f", {split.num_unlabeled} unlabeled"
+            for reason, count in split.outside_task.items():
+                text += f", {count} outside the task ({reason})"
             parts.append(text)
         return "; ".join(parts)
 
+    def task_line(self) -> str | None:
+        """`"task 'harmful' (the default; tasks: harm, harmful, target): not harmful -> not_harmful, ..."`."""
+        if not self.task:
+            return None
+        task = self.task
+        default = "the default" if task["is_default"] else f"default {task['default']!r}"
+        mapping = ", ".join(f"{raw} -> {name}" for raw, name in task["mapping"].items())
+        return (
+            f"{task['dataset']} task {task['task']!r} ({default}; tasks: {', '.join(task['tasks'])}): "
+            f"{task['description']}; {mapping}"
+        )
+
     def log(self) -> None:
         """Warn about skipped rows (count, ids, report path) and train/evaluation overlap; else log the summary."""
+        if self.task:
+            logger.warning("%s: %s", self.source, self.task_line())
         for line in self.overlap_warnings():
             logger.warning("%s: %s", self.source, line)
         if self.num_skipped:

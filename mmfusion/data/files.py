@@ -169,10 +169,19 @@ class ImageTextBuilder(datasets.GeneratorBasedBuilder):
         """Short description of the input, for reports."""
         raise NotImplementedError
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether labels are lists of classes (`datasets.List(ClassLabel)`)."""
+        return False
+
+    def task_info(self) -> dict[str, Any] | None:
+        """The label set chosen, for the load report (`LoadReport.task`); `None` for data with one label set."""
+        return None
+
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
             description=f"Image+text classification data loaded by mmfusion from {self.describe_source()}",
-            features=image_text_features(self.class_names),
+            features=image_text_features(self.class_names, multi_label=self.multi_label),
         )
 
     def _read_split(self, **gen_kwargs) -> tuple[bool, Iterator[RawRow]]:
@@ -230,6 +239,7 @@ class ImageTextBuilder(datasets.GeneratorBasedBuilder):
             max_image_pixels=self.config.max_image_pixels,
             allow_outside_images=self.config.allow_outside_images,
             field_names=self.field_names,
+            multi_label=self.multi_label,
         )
         self._reports[split] = checker.report
         # Checking a row decodes its image, most of the build's time: threads check several rows at once. Outcomes
@@ -244,7 +254,7 @@ class ImageTextBuilder(datasets.GeneratorBasedBuilder):
         super()._download_and_prepare(dl_manager, verification_mode, **prepare_splits_kwargs)
         # Saved once, in the build directory that becomes the cache directory: a later load served from the cache
         # reads it back; this build keeps it as data.
-        report = LoadReport(source=self.describe_source(), on_bad_rows=self.config.on_bad_rows)
+        report = LoadReport(source=self.describe_source(), on_bad_rows=self.config.on_bad_rows, task=self.task_info())
         report.splits = {split: self._reports[split] for split in self.info.splits}
         report.save(os.path.join(self._output_dir, REPORT_FILENAME))
         self._built_report = report

@@ -22,6 +22,11 @@ from .errors import ON_BAD_ROWS_CHOICES, check_on_bad_rows
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .readers import DEFAULT_ENCODING
 
+# What `--dataset_format` may force (`auto`: recognised from the files present). The meme benchmarks' names are the
+# keys of `meme_datasets.LAYOUTS` (checked there); the others are the sources of `sources.py`.
+MEME_FORMATS = ("mami", "harmeme", "memotion", "multioff", "mmhs150k", "pridemm")
+DATASET_FORMATS = ("auto", "hateful_memes", *MEME_FORMATS, "files", "dataset", "hub", "demo")
+
 
 @dataclass
 class LoaderArguments:
@@ -82,6 +87,22 @@ class LoaderArguments:
         },
     )
     demo_seed: int = field(default=0, metadata={"help": "Seed of the generated demo dataset. Default: %(default)s"})
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Layout of the source: auto recognises it from the files present (Hateful Memes, MAMI, HarMeme, "
+            "Memotion 7k, MultiOFF, MMHS150K, PrideMM folders as downloaded; .jsonl/.csv files; Hub names); a name "
+            "forces one. Default: %(default)s",
+            "choices": list(DATASET_FORMATS),
+        },
+    )
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "Label set of a dataset that has several (e.g. MAMI A or B, HarMeme harm, harmful or target); "
+            "the load report names the tasks and the mapping. Default: %(default)s, i.e. the dataset's default task."
+        },
+    )
 
     def __post_init__(self):
         check_on_bad_rows(self.on_bad_rows)

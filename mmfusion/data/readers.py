@@ -90,9 +90,18 @@ def read_jsonl(
 
 
 def read_csv(
-    path: str | os.PathLike, *, delimiter: str = ",", encoding: str = DEFAULT_ENCODING, id_column: str | None = "id"
+    path: str | os.PathLike,
+    *,
+    delimiter: str = ",",
+    encoding: str = DEFAULT_ENCODING,
+    id_column: str | None = "id",
+    quoting: int = csv.QUOTE_MINIMAL,
+    header: list[str] | None = None,
 ) -> tuple[list[str], list[ParsedLine]]:
     """Parse a CSV file with a header row. Rows with too many or too few fields are reported, not padded.
+
+    `quoting=csv.QUOTE_NONE` reads files whose captions hold unescaped quotes (MAMI's TSVs); `header` gives the
+    column names of a file without a header row (then the first line is a row).
 
     Returns:
         `(header, parsed_lines)`; line numbers count physical lines, so they match what an editor shows even when a
@@ -104,9 +113,10 @@ def read_csv(
     path = os.fspath(path)
     parsed = []
     with _open(path, encoding, newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, strict=True)
-        header: list[str] = []
-        while not any(name.strip() for name in header):  # the header is the first non-blank line
+        reader = csv.reader(f, delimiter=delimiter, strict=True, quoting=quoting)
+        given_header = header is not None
+        header = list(header) if given_header else []
+        while not given_header and not any(name.strip() for name in header):  # the header is the first non-blank line
             try:
                 header = next(reader)
             except StopIteration:
@@ -120,7 +130,7 @@ def read_csv(
             raise BadRowError(f"header {problem}", file=path, line=reader.line_num, skippable=False)
         header = [name.strip() for name in header]
         id_index = header.index(id_column) if id_column in header else None
-        previous_end = reader.line_num
+        previous_end = reader.line_num  # 0 with a given header: the first line is a row
         while True:
             start = previous_end + 1
             try:

@@ -77,18 +77,22 @@ class RawRow:
     image_root: str | None = None
 
 
-def image_text_features(class_names: Sequence[str]) -> datasets.Features:
+def image_text_features(class_names: Sequence[str], *, multi_label: bool = False) -> datasets.Features:
     """`datasets.Features` for an image+text classification dataset with the given ordered class names.
+
+    With `multi_label=True` the label is a list of class indices (`datasets.List(ClassLabel)`, `None` = unlabeled),
+    as for MAMI's sub-task B.
 
     The image feature has no `mode`: images are already stored as RGB (see `mmfusion.data.images`), and
     `datasets.Image(mode="RGB")` would re-convert with PIL's lossy defaults.
     """
+    label = datasets.ClassLabel(names=list(class_names))
     return datasets.Features(
         {
             "id": datasets.Value("string"),
             "image": datasets.Image(),
             "text": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=list(class_names)),
+            "label": datasets.Sequence(label) if multi_label else label,
         }
     )
 
@@ -192,6 +196,8 @@ class RowChecker:
         field_names (`dict[str, str]`, *optional*):
             How the input calls the `id`, `image`, `text` and `label` fields (e.g. `{"image": "img"}` for Hateful
             Memes), so that "missing field" errors use the user's names.
+        multi_label (`bool`, defaults to `False`):
+            Labels are lists of class names or indices (possibly empty); unlabeled rows get `None`.
     """
 
     def __init__(
@@ -204,8 +210,10 @@ class RowChecker:
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         allow_outside_images: bool = False,
         field_names: dict[str, str] | None = None,
+        multi_label: bool = False,
     ):
         self.labels = LabelEncoder(class_names)
+        self.multi_label = multi_label
         self.field_names = {"id": "id", "image": "image", "text": "text", "label": "label", **(field_names or {})}
         self.labeled = labeled
         self.split = split
@@ -249,7 +257,14 @@ class RowChecker:
             raise bad("text is not valid Unicode text (a lone surrogate)")
 
         if not self.labeled:
-            label = UNLABELED
+            label = None if self.multi_label else UNLABELED
+        elif self.multi_label:
+            if not isinstance(row.label, (list, tuple)):
+                raise bad(f"a multi-label row needs a list of labels, got {row.label!r}")
+            try:
+                label = sorted({self.labels.encode(value) for value in row.label} - {UNLABELED})
+            except ValueError as err:
+                raise bad(str(err)) from None
         elif is_missing_label(row.label):
             raise bad(f"missing required field {self.field_names['label']!r}")
         else:

@@ -6,6 +6,7 @@ import inspect
 import os
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import datasets
@@ -14,9 +15,11 @@ from .demo import load_demo_dataset
 from .files import ImageTextFiles, load_image_text_files, loader_options
 from .hateful_memes import HATEFUL_MEMES_SPLITS, HatefulMemes, is_hateful_memes_folder, load_hateful_memes
 from .in_memory import from_dataset
+from .meme_datasets import LAYOUTS, MemeBenchmark, detect_layout, load_meme_dataset
+from .options import DATASET_FORMATS
 from .readers import SUPPORTED_EXTENSIONS
 
-KINDS = ("auto", "demo", "hateful_memes", "files", "dataset", "hub")
+KINDS = DATASET_FORMATS  # "auto", or one of the loaders below
 # `name` or `org/name`, as the Hub spells dataset repositories.
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -39,18 +42,23 @@ _LOADERS = {
     "files": load_image_text_files,
     "dataset": from_dataset,
     "hub": _load_hub_dataset,
+    **{name: partial(load_meme_dataset, dataset_format=name) for name in LAYOUTS},
 }
+assert set(_LOADERS) | {"auto"} == set(KINDS)
 _SOURCE_WORDS = {
     "demo": "the demo dataset",
     "hateful_memes": "a Hateful Memes folder (its fields are fixed: id, img, text, label)",
     "files": "JSONL/CSV files",
     "dataset": "a datasets object",
     "hub": "a Hub dataset",
+    **{name: f"a {layout.title} folder" for name, layout in LAYOUTS.items()},
 }
 
 
 def _parameters(loader) -> dict[str, Any]:
     """`{option: default}` a loader takes (its source argument aside)."""
+    if isinstance(loader, partial) and loader.func is load_meme_dataset:  # the layout is the dispatch's choice
+        return {name: d for name, d in loader_options(MemeBenchmark).items() if name != "dataset_format"}
     if loader is load_hateful_memes:
         return loader_options(HatefulMemes)
     if loader is load_image_text_files:
@@ -79,8 +87,9 @@ def is_hub_name(source: Any) -> bool:
 
 
 def detect_kind(source: Any) -> str:
-    """Which loader `load_image_text_dataset(source)` uses: `"demo"`, `"hateful_memes"`, `"files"`, `"dataset"` or
-    `"hub"`."""
+    """Which loader `load_image_text_dataset(source)` uses: `"demo"`, `"hateful_memes"`, a meme benchmark's name
+    (`"mami"`, `"harmeme"`, ...: `meme_datasets.LAYOUTS`, recognised from the files present), `"files"`,
+    `"dataset"` or `"hub"`."""
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
         return "dataset"
     if isinstance(source, str) and source == "demo":
@@ -92,11 +101,16 @@ def detect_kind(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
+            layout = detect_layout(path)  # by content first: a HarMeme folder may have an img/ too
+            if layout is not None:
+                return layout
             if is_hateful_memes_folder(path):
                 return "hateful_memes"
+            known = "; ".join(f"{layout.title}: {layout.files}" for layout in LAYOUTS.values())
             raise ValueError(
-                f"{path} is a folder but not in the Hateful Memes layout (img/ plus one of "
-                f"{', '.join(s + '.jsonl' for s in HATEFUL_MEMES_SPLITS)}). Pass a .jsonl/.csv file instead."
+                f"{path} is a folder in none of the layouts mmfusion recognises: Hateful Memes (img/ plus one of "
+                f"{', '.join(s + '.jsonl' for s in HATEFUL_MEMES_SPLITS)}); {known}. Pass a .jsonl/.csv file "
+                "instead, or force a layout with dataset_format=..."
             )
         if os.path.splitext(path)[1].lower() in SUPPORTED_EXTENSIONS:
             return "files"
@@ -110,6 +124,7 @@ def load_image_text_dataset(
     source: Any = "demo",
     *,
     kind: str = "auto",
+    dataset_format: str = "auto",
     train_file: str | os.PathLike | None = None,
     validation_file: str | os.PathLike | None = None,
     test_file: str | os.PathLike | None = None,
@@ -126,8 +141,10 @@ def load_image_text_dataset(
             - a `.jsonl` / `.csv` / `.tsv` file, or a dict `{split: file}` (`load_image_text_files`);
             - a `datasets.Dataset` / `DatasetDict` (`from_dataset`; also `split`, `base_dir`);
             - a Hugging Face Hub dataset name, `name` or `org/name` (`datasets.load_dataset`, then `from_dataset`).
-        kind (`str`, defaults to `"auto"`):
-            Force a loader: one of `"demo"`, `"hateful_memes"`, `"files"`, `"dataset"`, `"hub"`.
+        kind, dataset_format (`str`, defaults to `"auto"`):
+            Force a loader: one of `"demo"`, `"hateful_memes"`, a meme benchmark (`"mami"`, `"harmeme"`,
+            `"memotion"`, `"multioff"`, `"mmhs150k"`, `"pridemm"`), `"files"`, `"dataset"`, `"hub"`
+            (`dataset_format` is the loader option's name, `--dataset_format`).
         train_file, validation_file, test_file (`str`, *optional*):
             One file per split (`.jsonl`/`.csv`/`.tsv`); when any is given they are the source, as `{split: file}`.
         **options:
@@ -136,7 +153,8 @@ def load_image_text_dataset(
             order); `on_bad_rows` (`"error"` or `"skip"`); `max_image_pixels` (decompression-bomb guard);
             `allow_outside_images` (accept image paths leaving the dataset folder); `encoding` (of the split
             files); `cache_dir`; `report_path` (also write the `LoadReport` there); `return_report` (return
-            `(dataset_dict, report)`). An option a source does not use is accepted only at its default value, so
+            `(dataset_dict, report)`); `task` (the label set of a meme benchmark, default its default task,
+            named in the load report). An option a source does not use is accepted only at its default value, so
             that callers can always pass all of them.
 
     Raises:
@@ -161,10 +179,14 @@ def load_image_text_dataset(
     }
     if files:
         source = files
-    elif isinstance(source, Mapping):
+    elif isinstance(source, Mapping) and not isinstance(source, datasets.DatasetDict):  # a DatasetDict is a dict
         source = {split: path for split, path in source.items() if path is not None}
+    if dataset_format != "auto":
+        if kind not in ("auto", dataset_format):
+            raise ValueError(f"kind={kind!r} and dataset_format={dataset_format!r} disagree")
+        kind = dataset_format
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ValueError(f"dataset_format must be one of {KINDS}, got {kind!r}")
     if kind == "auto":
         kind = detect_kind(source)
     loader = _LOADERS[kind]

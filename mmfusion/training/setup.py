@@ -41,6 +41,19 @@ def load_data(data_args: DataArguments):
     )
 
 
+def label_names_of(dataset: datasets.DatasetDict, data_args: DataArguments) -> list[str]:
+    """The class names of the data; a multi-label task (MAMI B, MMHS150K votes: a list of classes per row) is
+    refused, naming the single-label tasks to train on instead."""
+    feature = dataset[next(iter(dataset))].features["label"]
+    if isinstance(feature, datasets.List):
+        raise ValueError(
+            f"The task (--task {data_args.task or 'default'}) is multi-label (several of {', '.join(feature.feature.names)} per row): "
+            "train.py does not train multi-label tasks yet. Pick a single-label task with --task (the load report "
+            "lists the dataset's tasks); mmfusion-data stats/convert read multi-label tasks."
+        )
+    return list(feature.names)
+
+
 def is_labeled(split: datasets.Dataset) -> bool:
     return len(split) > 0 and min(split["label"]) >= 0
 
