@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import check_checkpoint
 from ..configuration_mmfusion import FUSIONS
 from ..data.options import LoaderArguments
-from ..decisions import check_decision_threshold, check_temperature
+from ..decisions import check_decision_threshold, check_temperature, decide
 from ..evaluation.predictions import Predictions, config_probabilities, prediction_record
 from ..parallel import image_thread_pool, usable_cpu_count
 from .backends import (
@@ -224,6 +224,69 @@ class MMFusionPredictor:
 
     def _probabilities(self, inputs) -> np.ndarray:
         return config_probabilities(self.backend.logits(inputs), self.config, temperature=self.temperature)
+
+    # ------------------------------------------------------------------------------------------------ explanations
+
+    def explain(self, image: ImageInput, text: str | None, *, target=None, threshold=None, steps: int | None = None):
+        """Explain one pair's decision: caption-token attributions (Integrated Gradients on the word embeddings) and
+        an image heat map (Grad-CAM on the vision tower's last feature map); see `mmfusion.explanations`.
+
+        Args:
+            image, text: as for `predict`.
+            target (`int` or `str`, *optional*): the class to explain (id or name); default: the decided one.
+            threshold: the decision threshold deciding that class (default: the predictor's).
+            steps (`int`, *optional*): Integrated Gradients path points (default 64; more: smaller `text_delta`).
+
+        Returns:
+            `mmfusion.explanations.Explanation`: `label`, `score`, `words` / `word_attributions`, `heatmap` (the
+            feature grid, in [0, 1]; `heatmap_image(width, height)` upsamples it), ... PyTorch backend only.
+        """
+        targets = None if target is None else [target]
+        return self.explain_batch([image], [text], targets=targets, threshold=threshold, steps=steps)[0]
+
+    def explain_batch(
+        self, images: Sequence[ImageInput], texts: Sequence[str | None], *, targets=None, threshold=None, steps=None
+    ) -> list:
+        """`explain` for pairs `(images[i], texts[i])`, `batch_size` pairs per model call; one `Explanation` each."""
+        from ..explanations import DEFAULT_STEPS, explain_pairs
+
+        model = getattr(self.backend, "model", None)
+        if model is None:
+            raise ValueError(
+                "Explanations need gradients: load the checkpoint with the PyTorch backend (backend='torch'), not "
+                f"{type(self.backend).__name__}."
+            )
+        if len(images) != len(texts):
+            raise ValueError(f"Got {len(images)} images but {len(texts)} captions; pass one caption per image.")
+        if targets is None:
+            probabilities = self.predict_probabilities(images, texts)
+            targets = [int(i) for i in np.atleast_1d(decide(probabilities, self._threshold(threshold)))]
+        else:
+            targets = [self._class_id(target) for target in targets]
+        fusion = FUSIONS.get(getattr(self.config, "fusion", None))
+        loaded = [load_image(image) if fusion is None or fusion.needs_image else None for image in images]
+        explanations = []
+        for start in range(0, len(images), self.batch_size):
+            end = start + self.batch_size
+            explanations += explain_pairs(
+                model,
+                self.processor,
+                loaded[start:end],
+                list(texts[start:end]),
+                targets=targets[start:end],
+                temperature=self.temperature,
+                steps=steps or DEFAULT_STEPS,
+            )
+        return explanations
+
+    def _class_id(self, target) -> int:
+        if isinstance(target, str):
+            if target not in self.label_names:
+                raise ValueError(f"Unknown class {target!r}; the classes are {self.label_names}.")
+            return self.label_names.index(target)
+        if not 0 <= int(target) < len(self.label_names):
+            raise ValueError(f"Class id {target} out of range for {len(self.label_names)} classes.")
+        return int(target)
 
     # ------------------------------------------------------------------------------------------------ files
 

@@ -1,0 +1,201 @@
+"""Explanations shown and checked: PNG figures (meme, heat map, coloured caption), and the demo's sanity figures.
+
+The explanations themselves are computed by `mmfusion.explanations` (remote code, shared with the pipeline):
+`MMFusionPredictor.explain`, `mmfusion-predict --explain DIR`, the app and the report's error panel draw them here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..explanations import Explanation
+
+# ------------------------------------------------------------------------------------------------ drawing
+
+
+def _caption_colours(attributions: Sequence[float]):
+    """RGBA per word: red pushes towards the explained class, blue against, alpha by magnitude (max = opaque)."""
+    values = np.asarray(attributions, dtype=np.float64)
+    scale = np.abs(values).max() if values.size and np.abs(values).max() > 0 else 1.0
+    return [((0.85, 0.1, 0.1) if v >= 0 else (0.1, 0.3, 0.85)) + (0.15 + 0.7 * abs(v) / scale,) for v in values]
+
+
+def draw_explanation(axes_image, axes_text, image, explanation: Explanation, title: str | None = None) -> None:
+    """Draw one explanation on two matplotlib axes: the image with its heat map overlaid, the caption's words on
+    backgrounds coloured by their attribution."""
+    from ..processing_mmfusion import to_rgb
+
+    axes_image.axis("off")
+    if image is not None:
+        picture = to_rgb(image)
+        axes_image.imshow(picture)
+        heat = explanation.heatmap_image(picture.width, picture.height)
+        if heat is not None:
+            axes_image.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes_image.set_title(title or f"{explanation.label} ({explanation.score:.2f})", fontsize=9)
+    axes_text.axis("off")
+    words = explanation.words or ["(no caption)"]
+    colours = _caption_colours(explanation.word_attributions) if explanation.words else [(1, 1, 1, 0)]
+    x, y = 0.0, 0.85
+    for word, colour in zip(words, colours):
+        width = 0.025 * (len(word) + 1)
+        if x + width > 1.0 and x > 0:
+            x, y = 0.0, y - 0.22
+        axes_text.text(
+            x, y, word, fontsize=9, va="top", ha="left", transform=axes_text.transAxes,
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": colour, "edgecolor": "none"},
+        )  # fmt: skip
+        x += width
+
+
+def save_explanation_png(path: str | os.PathLike, image, explanation: Explanation, title: str | None = None) -> Path:
+    """One PNG: the image with its heat map, and the coloured caption below it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(3.2, 4.2), gridspec_kw={"height_ratios": [4, 1.3]})
+    draw_explanation(top, bottom, image, explanation, title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def save_explanation_grid(
+    path: str | os.PathLike, images: Sequence, explanations: Sequence[Explanation], titles: Sequence[str]
+) -> Path:
+    """A PNG grid, one column per example: meme with heat map, coloured caption (the report's error panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    count = max(len(explanations), 1)
+    figure, axes = plt.subplots(
+        2, count, figsize=(3.0 * count, 4.2), gridspec_kw={"height_ratios": [4, 1.3]}, squeeze=False
+    )
+    for column, (image, explanation, title) in enumerate(zip(images, explanations, titles)):
+        draw_explanation(axes[0, column], axes[1, column], image, explanation, title)
+    for column in range(len(explanations), count):
+        axes[0, column].axis("off")
+        axes[1, column].axis("off")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def explanation_filename(example_id: str, index: int) -> str:
+    """A safe PNG name for an example: `<index>_<id>.png` (the id's unsafe characters replaced)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(example_id))[:80]
+    return f"{index:05d}_{safe}.png" if safe else f"{index:05d}.png"
+
+
+# ------------------------------------------------------------------------------------------------ sanity check
+
+
+def randomized_towers(model, seed: int = 1):
+    """A copy of `model` whose two towers (and their projections) are re-drawn at random, the fusion and classifier
+    kept: the model-randomisation test of Adebayo et al. (2018). An explanation that still looks right on it
+    explains the input, not the model."""
+    import torch
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        fresh = type(model)(model.config).eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    towers = model.mmfusion.tower_parameter_names(f"{model.base_model_prefix}.")
+    state = {name: value for name, value in model.state_dict().items() if name not in towers}
+    fresh.load_state_dict(state, strict=False)
+    return fresh.to(next(model.parameters()).device)
+
+
+def demo_sanity_figures(model, processor, images, texts, *, steps: int = 32) -> dict[str, float]:
+    """How well explanations of `model` find the demo's cues (`mmfusion.data.demo`: the label is the XOR of the
+    picture's colour family and the caption's one warm/cold keyword), on demo pairs.
+
+    - `keyword_top1`: the share of pairs whose caption keyword has the largest Integrated Gradients magnitude among
+      the caption's words (chance: about 1 in 4-7 words).
+    - `image_deletion`, `filler_deletion`: the mean change of the explained class's probability when the picture is
+      replaced by a grey one, and when the caption's filler words are deleted (keyword kept). The colour cue fills
+      the picture, so a heat map cannot point at a region of it: deleting the picture is the measure that
+      discriminates, with the filler words as the control.
+    - `heat_on_background`: the heat map's mean over the coloured background divided by its mean over the grey
+      distractor shape (reported, not a criterion: at a coarse feature grid both share cells).
+    """
+    import torch
+    from PIL import Image
+
+    from ..data.demo import COLD_WORDS, WARM_WORDS
+    from ..explanations import class_scores, explain_pairs
+
+    keywords = set(WARM_WORDS) | set(COLD_WORDS)
+    explanations = explain_pairs(model, processor, images, texts, steps=steps)
+    targets = np.array([e.label_id for e in explanations])
+    scores = np.array([e.score for e in explanations])
+
+    def scores_for(new_images, new_texts):
+        with torch.no_grad():
+            inputs = processor(images=new_images, text=new_texts, return_tensors="pt")
+            device = next(model.parameters()).device
+            logits = model(**{name: value.to(device) for name, value in inputs.items()}).logits
+        return class_scores(logits, model.config).cpu().numpy()[np.arange(len(targets)), targets]
+
+    grey = [Image.new("RGB", image.size, (128, 128, 128)) for image in images]
+    keyword_only = [" ".join(w for w in text.split() if w in keywords) for text in texts]
+    heat_ratios = []
+    for explanation, image in zip(explanations, images):
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+        shape = (pixels.max(-1) - pixels.min(-1)) < 8  # the distractor is grey; the background saturated
+        heat = explanation.heatmap_image(image.width, image.height)
+        if heat is not None and shape.any() and (~shape).any() and heat[shape].mean() > 0:
+            heat_ratios.append(float(heat[~shape].mean() / heat[shape].mean()))
+    return {
+        "pairs": len(texts),
+        "keyword_top1": float(np.mean([e.top_words(1)[:1] == [w] for e, w in zip(explanations, _keywords(texts))])),
+        "image_deletion": float(np.abs(scores - scores_for(grey, list(texts))).mean()),
+        "filler_deletion": float(np.abs(scores - scores_for(list(images), keyword_only)).mean()),
+        "heat_on_background": float(np.median(heat_ratios)) if heat_ratios else float("nan"),
+        "mean_abs_text_delta": float(np.mean([abs(e.text_delta) for e in explanations if e.text_delta is not None])),
+    }
+
+
+def _keywords(texts):
+    from ..data.demo import COLD_WORDS, WARM_WORDS
+
+    keywords = set(WARM_WORDS) | set(COLD_WORDS)
+    return [next(w for w in text.split() if w in keywords) for text in texts]
+
+
+def passes_demo_sanity(figures: dict) -> bool:
+    """The criterion: the keyword ranks first in at least 80 % of captions, and deleting the picture moves the
+    score by at least 0.2 and 5 times as much as deleting the filler words."""
+    return (
+        figures["keyword_top1"] >= 0.8
+        and figures["image_deletion"] >= 0.2
+        and figures["image_deletion"] >= 5 * figures["filler_deletion"]
+    )
+
+
+__all__ = [
+    "demo_sanity_figures",
+    "draw_explanation",
+    "explanation_filename",
+    "passes_demo_sanity",
+    "randomized_towers",
+    "save_explanation_grid",
+    "save_explanation_png",
+]
