@@ -26,7 +26,8 @@ from PIL import Image, ImageOps
 from transformers import AutoModelForSequenceClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .decisions import check_decision_threshold, check_temperature, decision_order
+from .decisions import check_decision_threshold, check_temperature, decide, decision_order
+from .explanations import DEFAULT_STEPS, explain_pairs
 
 TASK = "image-text-classification"
 
@@ -46,6 +47,11 @@ class ImageTextClassificationPipeline(Pipeline):
         threshold (`float` or `list[float]`, *optional*): the decision threshold for this call, instead of the
             checkpoint's `config.decision_threshold` (see `decisions.py`); in [0, 1].
         temperature (`float`, *optional*): instead of the checkpoint's `config.calibration_temperature` (1.0: raw softmax).
+        explain (`bool`, *optional*): also explain the decision (`explanations.py`, plain torch autograd, nothing more
+            to install): each pair's result becomes `{"labels": [...], "explanation": Explanation}`, the explanation
+            holding the caption words' Integrated Gradients attributions and the image's Grad-CAM heat map
+            (`.heatmap_image(width, height)`; `.to_dict()` for JSON). The same as `MMFusionPredictor.explain`.
+        explain_steps (`int`, *optional*): Integrated Gradients path points (default 64).
 
     Returns one list of `{"label", "score"}` dicts per pair (a list of such lists for a list of pairs); the scores are
     the class probabilities `mmfusion.inference.MMFusionPredictor` returns (the checkpoint's temperature applied). The
@@ -59,7 +65,15 @@ class ImageTextClassificationPipeline(Pipeline):
     _load_tokenizer = False
 
     def _sanitize_parameters(
-        self, top_k=None, function_to_apply=None, timeout=None, threshold=None, temperature=None, **kwargs
+        self,
+        top_k=None,
+        function_to_apply=None,
+        timeout=None,
+        threshold=None,
+        temperature=None,
+        explain=None,
+        explain_steps=None,
+        **kwargs,
     ):
         if kwargs:
             raise TypeError(f"{type(self).__name__} got unexpected options: {', '.join(kwargs)}")
@@ -73,23 +87,55 @@ class ImageTextClassificationPipeline(Pipeline):
             if function_to_apply not in ("softmax", "sigmoid", "none"):
                 raise ValueError(f"function_to_apply must be softmax, sigmoid or none, got {function_to_apply!r}")
             postprocess_params["function_to_apply"] = function_to_apply
-        return preprocess_params, {}, postprocess_params
+        forward_params = {}
+        if explain:  # the class explained is the one decided, with this call's threshold and temperature
+            preprocess_params["explain"] = True
+            forward_params = {"explain": True, "explain_steps": int(explain_steps or DEFAULT_STEPS)}
+            forward_params.update({k: v for k, v in postprocess_params.items() if k in ("threshold", "temperature")})
+        return preprocess_params, forward_params, postprocess_params
 
     def __call__(self, inputs, **kwargs):
         """Classify one `{"image", "text"}` pair or a list of them (see the class docstring)."""
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, inputs, timeout=None):
+    def preprocess(self, inputs, timeout=None, explain=False):
         if not isinstance(inputs, dict) or "image" not in inputs:
             raise ValueError(
                 f"{TASK} takes a dict {{'image': ..., 'text': ...}} or a list of them; got {type(inputs).__name__}"
             )
         image = load_image(inputs["image"], timeout=timeout)
         text = inputs.get("text")
-        return self.processor(images=[image], text=["" if text is None else str(text)], return_tensors="pt")
+        model_inputs = self.processor(images=[image], text=["" if text is None else str(text)], return_tensors="pt")
+        if explain:
+            model_inputs = {**model_inputs, "_explain_pair": (image, text)}
+        return model_inputs
 
-    def _forward(self, model_inputs):
-        return {"logits": self.model(**model_inputs).logits}
+    def _forward(self, model_inputs, explain=False, explain_steps=DEFAULT_STEPS, threshold=None, temperature=None):
+        model_inputs = dict(model_inputs)
+        pair = model_inputs.pop("_explain_pair", None)
+        logits = self.model(**model_inputs).logits
+        if not explain:
+            return {"logits": logits}
+        config = self.model.config
+        if temperature is None:
+            temperature = check_temperature(getattr(config, "calibration_temperature", 1.0))
+        if threshold is None:
+            threshold = getattr(config, "decision_threshold", None)
+        scaled = logits[0].float().cpu().numpy().astype(np.float64) / temperature
+        if getattr(config, "problem_type", None) == "multi_label_classification":
+            probabilities = 1.0 / (1.0 + np.exp(-scaled))
+        else:
+            probabilities = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
+        (explanation,) = explain_pairs(
+            self.model,
+            self.processor,
+            [pair[0]],
+            [pair[1]],
+            targets=[int(decide(probabilities, threshold))],
+            temperature=temperature,
+            steps=explain_steps,
+        )
+        return {"logits": logits, "explanation": explanation}
 
     def postprocess(self, model_outputs, top_k=None, function_to_apply=None, threshold=None, temperature=None):
         # float64 numpy, as MMFusionPredictor computes its probabilities: the two give the same scores
@@ -118,7 +164,10 @@ class ImageTextClassificationPipeline(Pipeline):
             ranked = decision_order(scores, threshold)
         if top_k is not None:
             ranked = ranked[: max(int(top_k), 0)]
-        return [{"label": id2label[index], "score": float(scores[index])} for index in ranked]
+        labels = [{"label": id2label[index], "score": float(scores[index])} for index in ranked]
+        if "explanation" in model_outputs:
+            return {"labels": labels, "explanation": model_outputs["explanation"]}
+        return labels
 
 
 def load_image(image, timeout: float | None = None) -> Image.Image:

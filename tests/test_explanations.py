@@ -162,3 +162,30 @@ def test_predictor_explains_its_decision(trained_demo_checkpoint):
     assert [e.label for e in batch] == [r["label"] for r in predictor.predict_batch(test["image"], test["text"])]
     with pytest.raises(ValueError, match="Unknown class"):
         predictor.explain(test["image"][0], test["text"][0], target="nope")
+
+
+def test_cli_explain_writes_a_png_per_example(trained_demo_checkpoint, tiny_memes_folder, tmp_path, capsys):
+    import json
+
+    from mmfusion.inference.predict import main
+
+    folder = tmp_path / "explained"
+    command = [str(trained_demo_checkpoint.path), "--input", str(tiny_memes_folder), "--split", "test_unseen"]
+    command += ["--output", str(tmp_path / "p.csv"), "--explain", str(folder), "--explain-max", "3", "--no-progress"]
+    assert main([*command, "--explain-steps", "8"]) == 0
+    records = [json.loads(line) for line in (folder / "explanations.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tiny_memes_folder / "test_unseen.jsonl").read_text().splitlines()][:3]
+    assert [r["id"] for r in records] == [row["id"] for row in rows]
+    predicted = (tmp_path / "p.csv").read_text().splitlines()[1:4]
+    assert [r["label_id"] for r in records] == [int(line.split(",")[2]) for line in predicted]
+    for record in records:
+        png = folder / record["png"]
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert Image.open(png).size[0] > 100
+    image = tiny_memes_folder / rows[0]["img"]
+    pair = ["--image", str(image), "--text", rows[0]["text"], "--explain", str(tmp_path / "one")]
+    assert main([str(trained_demo_checkpoint.path), *pair, "--explain-steps", "8"]) == 0
+    assert (tmp_path / "one" / f"00000_{image.stem}.png").is_file()
+    with pytest.raises(SystemExit):
+        main([str(trained_demo_checkpoint.path), *pair, "--backend", "onnx"])
+    assert "--explain needs gradients" in capsys.readouterr().err

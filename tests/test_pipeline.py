@@ -35,6 +35,8 @@ HUB_USER_SCRIPT = textwrap.dedent(
         "batched": classify(pairs, batch_size=4),
         "top_1": classify(pairs, batch_size=3, top_k=1),
     }
+    explained = [classify(pair, explain=True, explain_steps=16) for pair in pairs[:2]]
+    results["explained"] = [{"labels": r["labels"], "explanation": r["explanation"].to_dict()} for r in explained]
     assert "mmfusion" not in sys.modules
     print(json.dumps(results))
     """
@@ -109,6 +111,13 @@ def test_pipeline_without_mmfusion_gives_the_predictors_scores(
     top_1 = [records[0]["label"] for records in got["top_1"]]
     assert top_1 == [max(probabilities, key=probabilities.get) for probabilities in expected]
     assert all(len(records) == 1 for records in got["top_1"])
+    # explain=True: the decision and the explanation MMFusionPredictor.explain gives (the same code, copied)
+    for result, image, text in zip(got["explained"], images, texts):
+        ours = predictor.explain(image, text, steps=16)
+        assert result["labels"][0]["label"] == ours.label
+        assert result["explanation"]["words"] == ours.words
+        np.testing.assert_allclose(result["explanation"]["word_attributions"], ours.word_attributions, atol=1e-6)
+        np.testing.assert_allclose(result["explanation"]["heatmap"], ours.heatmap, atol=1e-5)
     # the model has learned the demo task: these are not near-uniform scores that would match anything
     true_labels = [labels[test[index]["label"]] for index in range(len(cases)) if index not in (2, 3)]
     assert [top_1[index] for index in range(len(cases)) if index not in (2, 3)] == true_labels

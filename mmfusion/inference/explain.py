@@ -60,7 +60,7 @@ def save_explanation_png(path: str | os.PathLike, image, explanation: Explanatio
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(3.2, 4.2), gridspec_kw={"height_ratios": [4, 1.3]})
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(3.2, 4.0), gridspec_kw={"height_ratios": [4, 1]})
     draw_explanation(top, bottom, image, explanation, title)
     figure.tight_layout()
     path = Path(path)
@@ -100,6 +100,34 @@ def explanation_filename(example_id: str, index: int) -> str:
     """A safe PNG name for an example: `<index>_<id>.png` (the id's unsafe characters replaced)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(example_id))[:80]
     return f"{index:05d}_{safe}.png" if safe else f"{index:05d}.png"
+
+
+def write_explanations(predictor, images: Sequence, texts: Sequence, ids: Sequence[str], folder, *, steps=None):
+    """Explain each pair's decision with `predictor` and write `folder/<index>_<id>.png` per pair (meme with heat
+    map, coloured caption) and `folder/explanations.jsonl` (one `{"id", "png", **Explanation.to_dict()}` per pair).
+    Returns the PNG paths."""
+    import json
+
+    from .images import load_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with open(folder / "explanations.jsonl", "w", encoding="utf-8") as records:
+        for start in range(0, len(texts), predictor.batch_size):
+            chunk = slice(start, start + predictor.batch_size)
+            loaded = [load_image(image) for image in images[chunk]]
+            explanations = predictor.explain_batch(loaded, list(texts[chunk]), steps=steps)
+            for offset, (image, explanation) in enumerate(zip(loaded, explanations)):
+                index = start + offset
+                example_id = str(ids[index])
+                path = folder / explanation_filename(example_id, index)
+                save_explanation_png(
+                    path, image, explanation, f"{example_id}: {explanation.label} ({explanation.score:.2f})"
+                )
+                records.write(json.dumps({"id": example_id, "png": path.name, **explanation.to_dict()}) + "\n")
+                paths.append(path)
+    return paths
 
 
 # ------------------------------------------------------------------------------------------------ sanity check
@@ -208,4 +236,5 @@ __all__ = [
     "randomized_towers",
     "save_explanation_grid",
     "save_explanation_png",
+    "write_explanations",
 ]

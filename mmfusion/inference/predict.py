@@ -4,6 +4,7 @@
 mmfusion-predict CHECKPOINT --image meme.png --text "look at this sun"          # prints JSON
 mmfusion-predict CHECKPOINT --input data/hateful_memes --split test_unseen --output submission.csv
 mmfusion-predict EXPORT_DIR --backend onnx --input test.jsonl --output predictions.json
+mmfusion-predict CHECKPOINT --image meme.png --text "look at this sun" --explain explanations/   # + a PNG
 ```
 
 Also home of `predict(...)`, the one-call Python convenience (`mmfusion.inference.predict`).
@@ -115,6 +116,17 @@ def build_parser() -> HfArgumentParser:
         help="decision threshold in [0, 1] instead of the checkpoint's (two classes: class 1 when its probability "
         "reaches it; more classes: one per class, comma-separated); default: the checkpoint's",
     )
+    explain = parser.add_argument_group("explanations (PyTorch backend)")
+    explain.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also explain each decision: DIR/<index>_<id>.png (the image with its Grad-CAM heat map, the caption's "
+        "words coloured by their Integrated Gradients attribution) and DIR/explanations.jsonl",
+    )
+    explain.add_argument(
+        "--explain-max", type=int, help="explain only the first N rows of --input (default: all of them)"
+    )
+    explain.add_argument("--explain-steps", type=int, help="Integrated Gradients path points (default: 64)")
     return parser
 
 
@@ -134,6 +146,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("give either --image (with --text) or --input")
     if args.image is not None and args.text is None:
         parser.error("--image needs --text (use --text '' for an image without caption)")
+    if args.explain is not None and args.backend != "torch":
+        parser.error("--explain needs gradients: use the PyTorch backend (a checkpoint folder, not an ONNX export)")
     if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
         parser.error(f"--output must end in one of {', '.join(OUTPUT_FORMATS)}")
 
@@ -156,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.image is not None:
             record = predictor.predict(args.image, args.text)
             write_pair(record, Path(args.image).stem, args.output, predictor.threshold)
+            if args.explain is not None:
+                explain_rows(predictor, [args.image], [args.text], [Path(args.image).stem], args)
         else:
             predictions = predictor.predict_file(
                 args.input,
@@ -165,10 +181,37 @@ def main(argv: list[str] | None = None) -> int:
                 **LoaderArguments.from_namespace(args).as_loader_kwargs(),
             )
             write_file_predictions(predictions, args.output)
+            if args.explain is not None:
+                explain_input(predictor, predictions.split, args)
     except (BadRowError, ImageCheckError, OSError, ValueError) as error:  # OSError: no such checkpoint/file
         print(f"mmfusion-predict: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def explain_input(predictor: MMFusionPredictor, split: str, args: argparse.Namespace) -> None:
+    """`--explain DIR` for `--input`: the rows predicted (read again, with the same options), up to `--explain-max`."""
+    import datasets
+
+    from ..data import detect_kind, load_image_text_dataset
+    from .predictor import encoded_image
+
+    options = LoaderArguments.from_namespace(args).as_loader_kwargs()
+    if detect_kind(args.input) == "files" and options.get("class_names") is None:
+        options["class_names"] = list(predictor.label_names)  # as predict_file reads it
+    dataset = load_image_text_dataset(args.input, **options)[split]
+    if args.explain_max is not None:
+        dataset = dataset.select(range(min(args.explain_max, len(dataset))))
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    images = [encoded_image(image) for image in dataset["image"]]
+    explain_rows(predictor, images, dataset["text"], [str(i) for i in dataset["id"]], args)
+
+
+def explain_rows(predictor: MMFusionPredictor, images, texts, ids, args: argparse.Namespace) -> None:
+    from .explain import write_explanations
+
+    paths = write_explanations(predictor, images, texts, ids, args.explain, steps=args.explain_steps)
+    print(f"Wrote {len(paths)} explanations to {args.explain}", file=sys.stderr)
 
 
 def write_pair(record: dict[str, Any], example_id: str, output: str | None, threshold=None) -> None:
