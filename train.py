@@ -214,6 +214,10 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             template_path=REPO_ROOT / MODEL_CARD_TEMPLATE,
             **card_arguments(model_args, data_args, training_args),
         )
+        if data_args.report_explained_errors > 0:  # the report's error panel: why the most confident errors
+            from mmfusion.inference.explain import explain_report_errors
+
+            explain_report_errors(output_dir, trainer.model, processor, raw, data_args.report_explained_errors)
         print(format_metrics_table(results))
         print(f"\nSaved the model, processor, metrics, report, predictions and model card to {output_dir}/")
     if training_args.push_to_hub:

@@ -14,7 +14,8 @@ the same explanation. Plain autograd, no captum: the tests check the caption att
   quadrature's error (`text_delta` reports the gap). Positive: the token pushed towards the explained class.
 - **Image: Grad-CAM** (Selvaraju et al. 2017) on the vision tower's last feature map: a CNN's (B, C, H, W) last
   stage, or a ViT/CLIP/SigLIP tower's last hidden state (B, N, C) with the patch tokens reshaped to their grid (a
-  leading [CLS] and any other extra tokens dropped). Channel weights are the spatially averaged gradients; the map
+  leading [CLS] and any other extra tokens dropped). Channel weights are the spatially averaged gradients of the
+  class's logit (as in the paper: a confident probability's gradient vanishes); the map
   is ReLU of the weighted sum, scaled so that its maximum is 1 (all zeros when nothing in the image pushed towards
   the class).
 
@@ -99,9 +100,23 @@ def _towers(model):
     return getattr(model, getattr(model, "base_model_prefix", ""), None) or model
 
 
+def _leave_inference_mode(model) -> None:
+    """Weights or buffers written under `torch.inference_mode()` (e.g. a checkpoint reloaded inside it) cannot take
+    part in autograd: replace them by ordinary copies (same values; done once, nothing else changes)."""
+    with torch.no_grad():
+        for module in model.modules():
+            for parameter in module.parameters(recurse=False):
+                if parameter.is_inference():
+                    parameter.data = parameter.data.clone()
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None and buffer.is_inference():
+                    module._buffers[name] = buffer.clone()
+
+
 @contextmanager
 def _differentiable_towers(model):
     """Let gradients flow through frozen towers (their forward otherwise runs without autograd); eval mode."""
+    _leave_inference_mode(model)
     configs = {id(config): config for config in (model.config, _towers(model).config)}.values()
     saved = [(config, config.freeze_text_encoder, config.freeze_vision_encoder) for config in configs]
     was_training = model.training
@@ -229,7 +244,10 @@ def explain_pairs(
         image_kwargs = {}
         if has_image:
             features = captured["features"]
-            (gradients,) = torch.autograd.grad(target_scores.sum(), features)
+            # Grad-CAM differentiates the class's logit, as in the paper: a confident probability saturates and
+            # its gradient vanishes (float32 rounds 1 - p to 0), which would leave an empty map.
+            target_logits = logits.float().gather(1, targets[:, None])[:, 0]
+            (gradients,) = torch.autograd.grad(target_logits.sum(), features)
             heatmaps = list(grad_cam(features.detach(), gradients).cpu().numpy())
             # The caption's path reuses the image's features (the vision tower is not run again).
             with torch.no_grad():

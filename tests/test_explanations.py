@@ -70,8 +70,8 @@ def test_heat_map_is_grad_cam_of_the_last_feature_map(processor):
     ours = explain_pairs(model, processor, images, texts, targets=[1, 0], steps=2)
     inputs = processor(images=images, text=texts, return_tensors="pt")
 
-    def forward(pixel_values):
-        return class_scores(model(**{**inputs, "pixel_values": pixel_values}).logits, model.config)
+    def forward(pixel_values):  # Grad-CAM differentiates the class's logit
+        return model(**{**inputs, "pixel_values": pixel_values}).logits
 
     last_stage = model.mmfusion.vision_model.encoder.stages[-1]
     cam = captum_attr.LayerGradCam(forward, last_stage).attribute(

@@ -57,6 +57,7 @@ def test_end_to_end_writes_checkpoint_report_predictions_and_card(
         "configuration_mmfusion.py",
         "processing_mmfusion.py",
         "pipeline_mmfusion.py",
+        "explanations.py",
     ):
         assert (output / name).exists(), name
     assert "image-text-classification" in json.loads((output / "config.json").read_text())["custom_pipelines"]
@@ -68,6 +69,13 @@ def test_end_to_end_writes_checkpoint_report_predictions_and_card(
     assert (output / "eval_report.md").read_text().count("Modality ablation") >= 1
     assert {"dev", "test", "test_unseen"} <= set(report["splits"])
     assert "image_blanked" in json.dumps(report["splits"]["dev"])
+    # the most confident errors explained (a PNG grid per labeled split with errors)
+    for split in ("dev", "test"):
+        if report["splits"][split]["most_confident_errors"]:
+            grid = output / report["splits"][split]["most_confident_errors_explained"]
+            with Image.open(grid) as image:
+                assert image.size[0] > 200
+            assert f"]({grid.name})" in (output / "eval_report.md").read_text()
 
     # predictions: labeled and unlabeled splits, ids in file order
     unseen_ids = [

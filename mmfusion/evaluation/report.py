@@ -458,6 +458,15 @@ def render_markdown(report: dict, seed_summary: SeedSummary | None = None) -> st
             )
         else:
             lines += ["No errors.", ""]
+        if split.get("most_confident_errors_explained"):
+            lines += [
+                f"![Most confident errors explained, {split_name}]({split['most_confident_errors_explained']})",
+                "",
+                "Why the model decided as it did, for the most confident errors: the image with the Grad-CAM heat map "
+                "of the predicted class, and the caption's words coloured by their Integrated Gradients attribution "
+                "(red: towards the predicted class, blue: against).",
+                "",
+            ]
     if report.get("training_curves_plot"):
         lines += ["## Training curves", "", f"![Training curves]({report['training_curves_plot']})", ""]
     sections = ["\n".join(lines).rstrip()]

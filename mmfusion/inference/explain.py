@@ -35,21 +35,27 @@ def draw_explanation(axes_image, axes_text, image, explanation: Explanation, tit
         picture = to_rgb(image)
         axes_image.imshow(picture)
         heat = explanation.heatmap_image(picture.width, picture.height)
-        if heat is not None:
-            axes_image.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        if heat is not None:  # transparent where the map is 0, so the meme stays visible
+            import matplotlib
+
+            overlay = matplotlib.colormaps["jet"](heat)
+            overlay[..., 3] = 0.6 * heat
+            axes_image.imshow(overlay)
     axes_image.set_title(title or f"{explanation.label} ({explanation.score:.2f})", fontsize=9)
     axes_text.axis("off")
     words = explanation.words or ["(no caption)"]
     colours = _caption_colours(explanation.word_attributions) if explanation.words else [(1, 1, 1, 0)]
-    x, y = 0.0, 0.85
+    renderer = axes_text.figure.canvas.get_renderer()
+    x, y = 0.0, 0.9
     for word, colour in zip(words, colours):
-        width = 0.025 * (len(word) + 1)
-        if x + width > 1.0 and x > 0:
-            x, y = 0.0, y - 0.22
-        axes_text.text(
+        text = axes_text.text(
             x, y, word, fontsize=9, va="top", ha="left", transform=axes_text.transAxes,
             bbox={"boxstyle": "round,pad=0.2", "facecolor": colour, "edgecolor": "none"},
         )  # fmt: skip
+        width = text.get_window_extent(renderer).transformed(axes_text.transAxes.inverted()).width + 0.04
+        if x + width > 1.0 and x > 0:  # wrap
+            x, y = 0.0, y - 0.3
+            text.set_position((x, y))
         x += width
 
 
@@ -128,6 +134,58 @@ def write_explanations(predictor, images: Sequence, texts: Sequence, ids: Sequen
                 records.write(json.dumps({"id": example_id, "png": path.name, **explanation.to_dict()}) + "\n")
                 paths.append(path)
     return paths
+
+
+def explain_report_errors(output_dir, model, processor, splits: dict, count: int = 6, *, steps=None) -> list[Path]:
+    """Add a PNG grid of each split's most confident errors, explained, to the report in `output_dir`.
+
+    `splits`: split name -> `datasets.Dataset` with the `id`, `image` and `text` columns the report's predictions came
+    from. The explained class is the predicted one (why the model got it wrong). Each grid is written as
+    `errors_explained_<split>.png`, named in the split's `most_confident_errors_explained`, and `eval_report.json` /
+    `eval_report.md` are written again. Returns the PNG paths.
+    """
+    import json
+
+    from ..evaluation.report import REPORT_JSON, REPORT_MARKDOWN, _safe_file_part, render_markdown
+    from ..explanations import DEFAULT_STEPS, explain_pairs
+    from ..files import atomic_write_text
+
+    output_dir = Path(output_dir)
+    report = json.loads((output_dir / REPORT_JSON).read_text(encoding="utf-8"))
+    names = report["label_names"]
+    temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
+    written = []
+    for split_name, entry in report["splits"].items():
+        errors = (entry.get("most_confident_errors") or [])[: max(count, 0)]
+        if not errors or split_name not in splits:
+            continue
+        dataset = splits[split_name]
+        row_of_id = {str(example_id): index for index, example_id in enumerate(dataset["id"])}
+        rows = [dataset[row_of_id[str(error["id"])]] for error in errors if str(error["id"]) in row_of_id]
+        if len(rows) != len(errors):
+            continue
+        explanations = explain_pairs(
+            model,
+            processor,
+            [row["image"] for row in rows],
+            [row["text"] for row in rows],
+            targets=[names.index(error["predicted_label"]) for error in errors],
+            temperature=temperature,
+            steps=steps or DEFAULT_STEPS,
+        )
+        titles = [
+            f"{error['id']}: {error['predicted_label']} {error['probability']:.2f}\n(true: {error['true_label']})"
+            for error in errors
+        ]
+        filename = f"errors_explained_{_safe_file_part(split_name)}.png"
+        written.append(save_explanation_grid(output_dir / filename, [r["image"] for r in rows], explanations, titles))
+        entry["most_confident_errors_explained"] = filename
+    if written:
+        from ..evaluation.tables import strict_json
+
+        atomic_write_text(output_dir / REPORT_JSON, strict_json(report))
+        atomic_write_text(output_dir / REPORT_MARKDOWN, render_markdown(report))
+    return written
 
 
 # ------------------------------------------------------------------------------------------------ sanity check
@@ -230,6 +288,7 @@ def passes_demo_sanity(figures: dict) -> bool:
 
 __all__ = [
     "demo_sanity_figures",
+    "explain_report_errors",
     "draw_explanation",
     "explanation_filename",
     "passes_demo_sanity",

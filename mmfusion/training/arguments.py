@@ -172,6 +172,13 @@ class DataArguments(LoaderArguments):
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     report_num_errors: int = 10
+    report_explained_errors: int = field(
+        default=6,
+        metadata={
+            "help": "Explain this many of each split's most confident errors in the report (a PNG grid: meme with "
+            "Grad-CAM heat map, caption coloured by Integrated Gradients); 0: none."
+        },
+    )
 
 
 # The Trainer defaults of the notebook's Part 2, adapted to the demo (see README for the measured run).
