@@ -1,5 +1,6 @@
 """mmfusion demo: upload an image (or click an example), type its caption, see the decision with the threshold in
-force, the class probabilities and which modality drove them.
+force, the class probabilities, which modality drove them and an explanation (the image's heat map, the caption's
+words scored).
 
 Runs locally or as a Hugging Face Space (`python app.py`; Spaces set `GRADIO_SERVER_NAME`/`GRADIO_SERVER_PORT`).
 
@@ -116,6 +117,66 @@ def classify(predictor: MMFusionPredictor, image_path: str | None, text: str | N
     return report.probabilities["full"], table, report.explanation, decision
 
 
+def explain(predictor: MMFusionPredictor, image_path: str | None, text: str | None):
+    """The explanation panel: the image with the decided class's Grad-CAM heat map, the caption's words scored by
+    Integrated Gradients (red: towards the decided class, blue: against) and a line saying what is shown."""
+    from mmfusion.inference.explain import heatmap_overlay, highlighted_words
+    from mmfusion.inference.images import load_image
+
+    if image_path is None:
+        raise gr.Error("Upload an image first.")
+    if getattr(predictor.backend, "model", None) is None:
+        return None, [], "Explanations need the PyTorch backend (gradients); this app runs an ONNX export."
+    try:
+        image = load_image(image_path)
+    except ImageCheckError as error:
+        raise gr.Error(str(error)) from error
+    explanation = predictor.explain(image, text or "")
+    note = (
+        f"Why `{explanation.label}` (P = {explanation.score:.2f}): the heat map is Grad-CAM on the vision tower's "
+        "last feature map; the words are scored by Integrated Gradients against an empty caption "
+        f"(P = {explanation.baseline_score:.2f} without the words)."
+        if explanation.baseline_score is not None
+        else f"Why `{explanation.label}` (P = {explanation.score:.2f}): Grad-CAM on the vision tower's last feature map."
+    )
+    return heatmap_overlay(image, explanation), highlighted_words(explanation), note
+
+
+def checkpoint_examples(checkpoint: str, count: int = 6) -> tuple[list[list[str]], str] | None:
+    """Examples from the data the checkpoint was evaluated on: the first split its model card names (validation,
+    as train.py writes it), read when the dataset is the demo or a local path; `([image path, caption], ...), split`
+    or None when that data is not at hand."""
+    from huggingface_hub import ModelCard
+
+    card_path = Path(checkpoint) / "README.md"
+    if not card_path.is_file():
+        return None
+    try:
+        results = ModelCard.load(card_path).data.eval_results or []
+    except Exception:  # a card that is not train.py's: no examples from it
+        return None
+    if not results:
+        return None
+    dataset, split = results[0].dataset_name, results[0].dataset_split
+    if dataset == "demo":
+        return demo_examples(count), "demo"
+    if not dataset or not Path(dataset).exists():
+        return None
+    from mmfusion.data import load_image_text_dataset
+
+    try:
+        rows = load_image_text_dataset(dataset)[split].select(range(count))
+    except Exception:  # the folder moved or changed since training: no examples from it
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="mmfusion-app-examples-"))
+    examples = []
+    for index, row in enumerate(rows):
+        path = folder / f"{index}.png"
+        row["image"].save(path)
+        examples.append([str(path), row["text"]])
+    return examples, split
+
+
 def build_demo(predictor: MMFusionPredictor, examples: list[list[str]] | None = None) -> gr.Blocks:
     """The Gradio app around `predictor` (not launched). Its API endpoint is `/classify(image, text)`; `examples`
     (`[image path, caption]` pairs, e.g. `demo_examples()`) become clickable examples."""
@@ -142,13 +203,30 @@ def build_demo(predictor: MMFusionPredictor, examples: list[list[str]] | None = 
                 ablations = gr.Dataframe(
                     headers=["input", *labels], label="With a modality removed", interactive=False
                 )
+        with gr.Row():
+            heatmap = gr.Image(label="Image: Grad-CAM heat map of the decided class", type="pil", interactive=False)
+            with gr.Column():
+                words = gr.HighlightedText(
+                    label="Caption: Integrated Gradients per word (red: towards the decided class, blue: against)",
+                    combine_adjacent=False,
+                    show_legend=False,
+                )
+                explanation_note = gr.Markdown()
 
         def run(image_path, caption):
             return classify(predictor, image_path, caption)
 
+        def run_explain(image_path, caption):
+            return explain(predictor, image_path, caption)
+
         outputs = [probabilities, ablations, verdict, decision]
-        button.click(run, inputs=[image, text], outputs=outputs, api_name="classify")
-        text.submit(run, inputs=[image, text], outputs=outputs, api_visibility="private")
+        explained = [heatmap, words, explanation_note]
+        button.click(run, inputs=[image, text], outputs=outputs, api_name="classify").then(
+            run_explain, inputs=[image, text], outputs=explained, api_name="explain"
+        )
+        text.submit(run, inputs=[image, text], outputs=outputs, api_visibility="private").then(
+            run_explain, inputs=[image, text], outputs=explained, api_visibility="private"
+        )
     return demo
 
 
@@ -163,7 +241,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="server port (default: Gradio's, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--threshold", type=float, help="decision threshold instead of the checkpoint's, in [0, 1]")
-    parser.add_argument("--no-examples", action="store_true", help="no clickable demo examples")
+    parser.add_argument(
+        "--no-examples",
+        action="store_true",
+        help="no clickable examples (default: from the split the checkpoint was validated on, when its data is at "
+        "hand, else from the demo data)",
+    )
     return parser.parse_args(argv)
 
 
@@ -177,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    examples = None if args.no_examples else demo_examples()
+    examples = None
+    if not args.no_examples:  # the checkpoint's own evaluation data when at hand, else the demo's
+        found = checkpoint_examples(resolve_checkpoint(args.checkpoint))
+        examples = found[0] if found else demo_examples()
     build_demo(predictor, examples).launch(server_name=args.host, server_port=args.port, share=args.share or None)
     return 0
 

@@ -1,6 +1,7 @@
 """The Gradio demo: importable without launching, a clear message without a checkpoint, and a real round trip."""
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -113,3 +114,38 @@ def test_the_app_shows_the_threshold_in_force_and_has_clickable_examples(app_mod
     assert len(examples) == 4 and all(os.path.isfile(path) and text for path, text in examples)
     demo = app_module.build_demo(predictor, examples)
     assert "/classify" in demo.get_api_info()["named_endpoints"]
+
+
+def test_the_app_explains_the_decision(app_module, trained_demo_checkpoint, tmp_path):
+    predictor = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path)
+    example = trained_demo_checkpoint.dataset["test"][0]
+    image_path = tmp_path / "meme.png"
+    example["image"].save(image_path)
+    heatmap, words, note = app_module.explain(predictor, str(image_path), example["text"])
+    assert heatmap.size == example["image"].size and heatmap.mode == "RGB"
+    assert [word for word, _ in words] == example["text"].split()
+    assert all(-1.0 <= score <= 1.0 for _, score in words) and max(abs(score) for _, score in words) == 1.0
+    assert f"Why `{predictor.predict(str(image_path), example['text'])['label']}`" in note
+    demo = app_module.build_demo(predictor)
+    assert {"/classify", "/explain"} <= set(demo.get_api_info()["named_endpoints"])
+
+
+def test_examples_come_from_the_checkpoints_validation_split(app_module, tiny_memes_folder, tmp_path):
+    def card(dataset, split):
+        folder = tmp_path / f"card-{split}-{len(dataset)}"
+        folder.mkdir()
+        (folder / "README.md").write_text(
+            "---\nmodel-index:\n- name: m\n  results:\n  - task:\n      type: text-classification\n"
+            f"    dataset:\n      name: {dataset}\n      type: {dataset}\n      split: {split}\n"
+            "    metrics:\n    - type: accuracy\n      value: 1.0\n---\n"
+        )
+        return str(folder)
+
+    examples, split = app_module.checkpoint_examples(card(str(tiny_memes_folder), "dev"), 3)
+    assert split == "dev" and len(examples) == 3
+    rows = (tiny_memes_folder / "dev.jsonl").read_text().splitlines()[:3]
+    assert [text for _, text in examples] == [json.loads(row)["text"] for row in rows]
+    assert all(os.path.isfile(path) for path, _ in examples)
+    assert app_module.checkpoint_examples(card("demo", "validation"), 2)[1] == "demo"
+    assert app_module.checkpoint_examples(card(str(tmp_path / "gone"), "dev")) is None
+    assert app_module.checkpoint_examples(str(tmp_path)) is None  # no model card

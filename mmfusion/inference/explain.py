@@ -59,6 +59,30 @@ def draw_explanation(axes_image, axes_text, image, explanation: Explanation, tit
         x += width
 
 
+def heatmap_overlay(image, explanation: Explanation, opacity: float = 0.6):
+    """The image (RGB PIL) with the heat map blended over it in the jet colormap, transparent where the map is 0."""
+    import matplotlib
+    from PIL import Image
+
+    from ..processing_mmfusion import to_rgb
+
+    picture = to_rgb(image)
+    heat = explanation.heatmap_image(picture.width, picture.height)
+    if heat is None:
+        return picture
+    colours = matplotlib.colormaps["jet"](heat)[..., :3]
+    alpha = (opacity * heat)[..., None]
+    blended = (1 - alpha) * np.asarray(picture, dtype=np.float64) / 255.0 + alpha * colours
+    return Image.fromarray(np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8))
+
+
+def highlighted_words(explanation: Explanation) -> list[tuple[str, float]]:
+    """`(word, score)` pairs with scores in [-1, 1] (attribution / the largest magnitude), for `gr.HighlightedText`."""
+    values = np.asarray(explanation.word_attributions, dtype=np.float64)
+    scale = np.abs(values).max() if values.size and np.abs(values).max() > 0 else 1.0
+    return [(word, float(value / scale)) for word, value in zip(explanation.words, values)]
+
+
 def save_explanation_png(path: str | os.PathLike, image, explanation: Explanation, title: str | None = None) -> Path:
     """One PNG: the image with its heat map, and the coloured caption below it."""
     import matplotlib
@@ -291,6 +315,8 @@ __all__ = [
     "explain_report_errors",
     "draw_explanation",
     "explanation_filename",
+    "heatmap_overlay",
+    "highlighted_words",
     "passes_demo_sanity",
     "randomized_towers",
     "save_explanation_grid",
