@@ -8,10 +8,16 @@ the same explanation. Plain autograd, no captum: the tests check the caption att
 
 - **Caption: Integrated Gradients** (Sundararajan et al. 2017) on the text tower's word embeddings (the output of
   `get_input_embeddings()`, so position and token-type embeddings stay as they are). The baseline is the caption
-  with every word piece replaced by the padding token ([CLS]/[SEP]-like special tokens kept); the gradient along the
-  straight path from the baseline to the caption is averaged over `steps` midpoints (captum's `riemann_middle`); a token's attribution is the sum
-  over the embedding of `(x - x')` times the path's average gradient. They add up to `score(caption) - score(baseline)` up to the
-  quadrature's error (`text_delta` reports the gap). Positive: the token pushed towards the explained class.
+  with every word piece replaced by the padding token ([CLS]/[SEP]-like special tokens kept). What is explained is
+  the class's log-odds, `log(p / (1 - p))` of its calibrated probability: the gradient along the straight path from
+  the baseline to the caption is averaged over points of the path, and a token's attribution is the sum over the
+  embedding of `(x - x')` times that average gradient. They add up to `log_odds(caption) - log_odds(baseline)` up to
+  the quadrature's error (`text_delta` reports the gap). A trained model's log-odds can step by several units within
+  a few hundredths of the path (the demo model's: 12 units between 0.30 and 0.35), which equally spaced points
+  straddle, so the points go where it changes: the log-odds is first computed at `steps + 1` equally spaced points
+  (no gradients), then each of the `steps` intervals gets its midpoint plus a share of `steps` more in proportion to
+  its change (`adaptive=False`: `steps` equally spaced midpoints, captum's `riemann_middle`).
+  Positive: the token pushed towards the explained class.
 - **Image: Grad-CAM** (Selvaraju et al. 2017) on the vision tower's last feature map: a CNN's (B, C, H, W) last
   stage, or a ViT/CLIP/SigLIP tower's last hidden state (B, N, C) with the patch tokens reshaped to their grid (a
   leading [CLS] and any other extra tokens dropped). Channel weights are the spatially averaged gradients of the
@@ -19,8 +25,8 @@ the same explanation. Plain autograd, no captum: the tests check the caption att
   is ReLU of the weighted sum, scaled so that its maximum is 1 (all zeros when nothing in the image pushed towards
   the class).
 
-The explained score is the class's calibrated probability (softmax of `logits / temperature`; sigmoid for multi-label
-checkpoints); the class is the one decided (`targets=None`: argmax), or any class the caller names. Frozen towers are
+The class's score is its calibrated probability (softmax of `logits / temperature`; sigmoid for multi-label
+checkpoints, whose log-odds are the scaled logit); the class is the one decided (`targets=None`: argmax), or any class the caller names. Frozen towers are
 differentiated too (their weights get no gradient; the model is left as it was).
 """
 
@@ -36,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_STEPS = 64
+DEFAULT_STEPS = 32
 
 
 @dataclass
@@ -49,8 +55,10 @@ class Explanation:
         words, word_attributions: the caption's whitespace-separated words and their Integrated Gradients
             attributions (the sum of their word pieces'); empty for the image-only baseline.
         tokens, token_attributions: the same per word piece (special tokens and padding left out).
+        log_odds, baseline_log_odds: the log-odds of `score` and `baseline_score` (what the attributions explain).
         baseline_score: the class's probability with every word piece replaced by padding (same image).
-        text_delta: `sum(token_attributions) - (score - baseline_score)`: the quadrature's error (small is good).
+        text_delta: `sum(token_attributions) - (log_odds - baseline_log_odds)`: the quadrature's error (small is
+            good).
         heatmap: Grad-CAM over the vision tower's feature grid, (rows, columns) in [0, 1]; None without a vision
             tower. `heatmap_image(width, height)` upsamples it to an image's size.
     """
@@ -63,6 +71,8 @@ class Explanation:
     tokens: list[str] = field(default_factory=list)
     token_attributions: list[float] = field(default_factory=list)
     baseline_score: float | None = None
+    log_odds: float | None = None
+    baseline_log_odds: float | None = None
     text_delta: float | None = None
     heatmap: np.ndarray | None = None
 
@@ -90,6 +100,8 @@ class Explanation:
             "tokens": list(self.tokens),
             "token_attributions": list(self.token_attributions),
             "baseline_score": self.baseline_score,
+            "log_odds": self.log_odds,
+            "baseline_log_odds": self.baseline_log_odds,
             "text_delta": self.text_delta,
             "heatmap": None if self.heatmap is None else np.round(self.heatmap, 6).tolist(),
         }
@@ -129,6 +141,18 @@ def _differentiable_towers(model):
         for config, text, vision in saved:
             config.freeze_text_encoder, config.freeze_vision_encoder = text, vision
         model.train(was_training)
+
+
+def class_log_odds(logits: torch.Tensor, targets: torch.Tensor, config, temperature: float = 1.0) -> torch.Tensor:
+    """The log-odds of each row's target class, `log(p / (1 - p))` of its calibrated probability, computed from the
+    logits without rounding: what Integrated Gradients explains. A confident probability jumps from near 0 to near 1
+    over a short stretch of the path, which a sum over a few dozen points misses; its log-odds changes smoothly."""
+    logits = logits.float() / temperature
+    chosen = logits.gather(1, targets[:, None])[:, 0]
+    if getattr(config, "problem_type", None) == "multi_label_classification":
+        return chosen
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return chosen - torch.logsumexp(others, dim=1)
 
 
 def class_scores(logits: torch.Tensor, config, temperature: float = 1.0) -> torch.Tensor:
@@ -189,6 +213,7 @@ def explain_pairs(
     temperature: float = 1.0,
     steps: int = DEFAULT_STEPS,
     batch_size: int = 64,
+    adaptive: bool = True,
 ) -> list[Explanation]:
     """Explain the model's score for each pair `(images[i], texts[i])` (see the module docstring).
 
@@ -200,7 +225,9 @@ def explain_pairs(
         targets: the class id to explain per pair; default: the most probable class.
         temperature: the calibration temperature the scores are computed with.
         steps: points on the Integrated Gradients path (more: smaller `text_delta`).
-        batch_size: rows per model call on the path (each pair needs `steps` rows).
+        batch_size: rows per model call on the path.
+        adaptive: place the path points where the log-odds changes (see below); False: `steps` equally spaced
+            midpoints, exactly captum's `riemann_middle`.
     """
     texts = ["" if text is None else str(text) for text in texts]
     if len(images) != len(texts):
@@ -240,6 +267,7 @@ def explain_pairs(
             targets = scores.argmax(-1)
         targets = torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1)
         target_scores = scores.gather(1, targets[:, None])[:, 0]
+        target_log_odds = class_log_odds(logits.detach(), targets, model.config, temperature)
         heatmaps = [None] * len(texts)
         image_kwargs = {}
         if has_image:
@@ -258,9 +286,9 @@ def explain_pairs(
         target_scores = target_scores.detach()
 
         # 2. Integrated Gradients on the caption's word embeddings.
-        token_attributions = baseline_scores = None
+        token_attributions = baseline_scores = baseline_log_odds = None
         if has_text:
-            token_attributions, baseline_scores = _integrated_gradients(
+            token_attributions, baseline_scores, baseline_log_odds = _integrated_gradients(
                 model,
                 towers,
                 model_inputs,
@@ -272,6 +300,7 @@ def explain_pairs(
                 temperature,
                 steps,
                 batch_size,
+                adaptive,
             )
 
     explanations = []
@@ -293,31 +322,31 @@ def explain_pairs(
                 processor.tokenizer, text, ids, positions, [values[p] for p in positions], explanation.tokens
             )
             explanation.baseline_score = float(baseline_scores[index])
+            explanation.log_odds = float(target_log_odds[index])
+            explanation.baseline_log_odds = float(baseline_log_odds[index])
             explanation.text_delta = float(
-                sum(explanation.token_attributions) - (explanation.score - explanation.baseline_score)
+                sum(explanation.token_attributions) - (explanation.log_odds - explanation.baseline_log_odds)
             )
         explanations.append(explanation)
     return explanations
 
 
-def _integrated_gradients(model, towers, model_inputs, image_kwargs, targets, baseline_ids, temperature, steps, rows):
-    """Per-token attributions (B, L) and the baseline's scores (B,)."""
+def _integrated_gradients(
+    model, towers, model_inputs, image_kwargs, targets, baseline_ids, temperature, steps, rows, adaptive
+):
+    """Per-token attributions (B, L), the baseline's probabilities and log-odds (B,)."""
     embedding = towers.text_model.get_input_embeddings()
     input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
     token_type_ids = model_inputs.get("token_type_ids")
+    device = input_ids.device
     with torch.no_grad():
         actual, baseline = embedding(input_ids).float(), embedding(baseline_ids).float()
         baseline_logits = model(
             input_ids=baseline_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **image_kwargs
         ).logits
     baseline_scores = class_scores(baseline_logits, model.config, temperature).gather(1, targets[:, None])[:, 0]
-    batch, length = input_ids.shape
-    alphas, weights = path_points(steps)
-    alphas, weights = (torch.as_tensor(v, dtype=torch.float32, device=input_ids.device) for v in (alphas, weights))
-    # One row per (pair, step), fed `rows` at a time.
-    pair_of_row = torch.arange(batch, device=input_ids.device).repeat_interleave(steps)
-    alpha_of_row, weight_of_row = alphas.repeat(batch), weights.repeat(batch)
-    gradient_sums = torch.zeros_like(actual)
+    baseline_log_odds = class_log_odds(baseline_logits, targets, model.config, temperature)
+    batch = input_ids.shape[0]
     replacement = {}
 
     def replace_embeddings(module, args, output):
@@ -326,26 +355,63 @@ def _integrated_gradients(model, towers, model_inputs, image_kwargs, targets, ba
             path = torch.cat([path, output[:, path.shape[1] :]], dim=1)
         return path
 
-    handle = embedding.register_forward_hook(replace_embeddings)
-    try:
+    def run(pair_of_row, alpha_of_row, weight_of_row=None):
+        """Log-odds at each row's path point; with weights, also the weighted gradient sums per pair."""
+        values = torch.empty(len(pair_of_row), device=device)
+        sums = torch.zeros_like(actual) if weight_of_row is not None else None
         for start in range(0, len(pair_of_row), rows):
             pairs, alpha = pair_of_row[start : start + rows], alpha_of_row[start : start + rows, None, None]
-            path = (baseline[pairs] + alpha * (actual[pairs] - baseline[pairs])).requires_grad_(True)
-            replacement["path"] = path
-            logits = model(
-                input_ids=input_ids[pairs],
-                attention_mask=attention_mask[pairs],
-                token_type_ids=None if token_type_ids is None else token_type_ids[pairs],
-                **{name: value[pairs] for name, value in image_kwargs.items()},
-            ).logits
-            chosen = class_scores(logits, model.config, temperature).gather(1, targets[pairs][:, None])
-            (gradients,) = torch.autograd.grad(chosen.sum(), path)
-            weight = weight_of_row[start : start + rows, None, None]
-            gradient_sums.index_add_(0, pairs, gradients.float() * weight)
+            with torch.set_grad_enabled(sums is not None):
+                path = baseline[pairs] + alpha * (actual[pairs] - baseline[pairs])
+                replacement["path"] = path.requires_grad_(sums is not None)
+                logits = model(
+                    input_ids=input_ids[pairs],
+                    attention_mask=attention_mask[pairs],
+                    token_type_ids=None if token_type_ids is None else token_type_ids[pairs],
+                    **{name: value[pairs] for name, value in image_kwargs.items()},
+                ).logits
+                chosen = class_log_odds(logits, targets[pairs], model.config, temperature)
+            values[start : start + rows] = chosen.detach()
+            if sums is not None:
+                (gradients,) = torch.autograd.grad(chosen.sum(), path)
+                sums.index_add_(0, pairs, gradients.float() * weight_of_row[start : start + rows, None, None])
+        return values, sums
+
+    handle = embedding.register_forward_hook(replace_embeddings)
+    try:
+        if adaptive:
+            # Where along the path the log-odds changes: a trained model's can step by several units within a
+            # few hundredths of the path, which equally spaced points straddle. The points go where it changes.
+            edges = torch.linspace(0, 1, steps + 1, device=device)
+            pair_of_edge = torch.arange(batch, device=device).repeat_interleave(steps + 1)
+            values, _ = run(pair_of_edge, edges.repeat(batch))
+            changes = values.view(batch, steps + 1).diff(dim=1).abs().cpu().numpy()
+            points = [adaptive_path_points(change, steps) for change in changes]
+        else:
+            points = [path_points(steps)] * batch
+        pair_of_row = torch.cat([torch.full((len(a),), i, device=device) for i, (a, _) in enumerate(points)])
+        alpha_of_row = torch.as_tensor(np.concatenate([a for a, _ in points]), dtype=torch.float32, device=device)
+        weight_of_row = torch.as_tensor(np.concatenate([w for _, w in points]), dtype=torch.float32, device=device)
+        _, gradient_sums = run(pair_of_row, alpha_of_row, weight_of_row)
     finally:
         handle.remove()
     attributions = ((actual - baseline) * gradient_sums).sum(-1) * attention_mask
-    return attributions.detach().cpu(), baseline_scores.detach().cpu()
+    return attributions.detach().cpu(), baseline_scores.detach().cpu(), baseline_log_odds.detach().cpu()
+
+
+def adaptive_path_points(changes: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Path points and weights for `len(changes)` equal intervals of [0, 1]: each interval gets one midpoint plus a
+    share of `steps` more in proportion to how much the explained value changed across it (`changes`), as the
+    midpoints of equal sub-intervals (weights: their widths, summing to 1)."""
+    intervals = len(changes)
+    total = float(np.sum(changes))
+    extra = np.zeros(intervals, dtype=np.int64) if total <= 0 else np.floor(steps * changes / total).astype(np.int64)
+    alphas, weights = [], []
+    for index, count in enumerate(extra + 1):
+        width = 1.0 / intervals / count
+        alphas.append(index / intervals + (np.arange(count) + 0.5) * width)
+        weights.append(np.full(count, width))
+    return np.concatenate(alphas), np.concatenate(weights)
 
 
 def _words(tokenizer, text, ids, positions, values, tokens):
@@ -373,4 +439,12 @@ def _words(tokenizer, text, ids, positions, values, tokens):
     return [text[s:e] for (s, e), kept in zip(spans, seen) if kept], [t for t, kept in zip(totals, seen) if kept]
 
 
-__all__ = ["DEFAULT_STEPS", "Explanation", "baseline_input_ids", "class_scores", "explain_pairs", "grad_cam"]
+__all__ = [
+    "DEFAULT_STEPS",
+    "Explanation",
+    "baseline_input_ids",
+    "class_log_odds",
+    "class_scores",
+    "explain_pairs",
+    "grad_cam",
+]

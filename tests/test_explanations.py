@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tiny_models import CAPTIONS, tiny_model, tiny_processor
 
-from mmfusion.explanations import baseline_input_ids, class_scores, explain_pairs, grad_cam
+from mmfusion.explanations import baseline_input_ids, class_log_odds, explain_pairs, grad_cam
 from mmfusion.fusions import FUSIONS
 
 
@@ -30,7 +30,7 @@ def test_caption_attributions_equal_captums_integrated_gradients(processor, fusi
     torch.manual_seed(0)
     model = tiny_model(fusion).eval()
     images, texts, steps = _images(2), CAPTIONS[:2], 16
-    ours = explain_pairs(model, processor, images, texts, steps=steps)
+    ours = explain_pairs(model, processor, images, texts, steps=steps, adaptive=False)
     inputs = processor(images=images, text=texts, return_tensors="pt")
     targets = torch.tensor([e.label_id for e in ours])
 
@@ -41,7 +41,7 @@ def test_caption_attributions_equal_captums_integrated_gradients(processor, fusi
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
         ).logits
-        return class_scores(logits, model.config)
+        return torch.stack([class_log_odds(logits, torch.full((len(logits),), c), model.config) for c in (0, 1)], 1)
 
     baseline = baseline_input_ids(inputs["input_ids"], inputs["attention_mask"], processor.tokenizer, model.config)
     integrated = captum_attr.LayerIntegratedGradients(forward, model.get_input_embeddings())
@@ -133,7 +133,7 @@ def test_explanations_find_the_demo_cues_and_a_randomised_model_does_not(trained
     test = trained_demo_checkpoint.dataset["test"][:60]
     trained = demo_sanity_figures(model, processor, test["image"], test["text"])
     assert passes_demo_sanity(trained), trained
-    assert trained["keyword_top1"] >= 0.9 and trained["caption_matters"] >= 0.5
+    assert trained["keyword_top1"] >= 0.9 and trained["caption_matters"] >= 0.3
     for seed in (1, 2):
         randomised = demo_sanity_figures(randomized_towers(model, seed), processor, test["image"], test["text"])
         assert not passes_demo_sanity(randomised), randomised
