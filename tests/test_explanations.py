@@ -189,3 +189,30 @@ def test_cli_explain_writes_a_png_per_example(trained_demo_checkpoint, tiny_meme
     with pytest.raises(SystemExit):
         main([str(trained_demo_checkpoint.path), *pair, "--backend", "onnx"])
     assert "--explain needs gradients" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+@pytest.mark.parametrize("fusion", ["cross", "attention"])
+def test_dual_encoder_towers_explain_on_their_patch_grid(kind, fusion, tmp_path):
+    """CLIP/SigLIP towers: Grad-CAM on the vision tower's patch tokens reshaped to its grid ([CLS] dropped), IG through
+    a text tower that pads the ids itself (SigLIP)."""
+    from tiny_models import tiny_clip_checkpoint, tiny_siglip_checkpoint
+
+    from mmfusion import MMFusionForClassification
+    from mmfusion.training.arguments import ModelArguments
+    from mmfusion.training.setup import build_processor, resolve_image_size
+
+    source = {"clip": tiny_clip_checkpoint, "siglip": tiny_siglip_checkpoint}[kind](tmp_path)
+    torch.manual_seed(0)
+    model = MMFusionForClassification.from_text_vision_pretrained(
+        str(tmp_path), str(tmp_path), fusion=fusion, num_labels=2, freeze_text_encoder=True, freeze_vision_encoder=True
+    ).eval()
+    arguments = ModelArguments(text_model_name_or_path=str(tmp_path), vision_model_name_or_path=str(tmp_path))
+    processor = build_processor(arguments, resolve_image_size(arguments), train_texts=None)
+    explanations = explain_pairs(model, processor, _images(2), ["a cat sits on the mat", "the dog barks"], steps=32)
+    vision = source.config.vision_config
+    side = vision.image_size // vision.patch_size
+    for explanation, text in zip(explanations, ["a cat sits on the mat", "the dog barks"]):
+        assert explanation.heatmap.shape == (side, side)
+        assert explanation.words == text.split()
+        assert abs(explanation.text_delta) < 0.05 * max(1.0, abs(explanation.log_odds - explanation.baseline_log_odds))
