@@ -112,30 +112,33 @@ class ImageTextClassificationPipeline(Pipeline):
 
     def _forward(self, model_inputs, explain=False, explain_steps=DEFAULT_STEPS, threshold=None, temperature=None):
         model_inputs = dict(model_inputs)
-        pair = model_inputs.pop("_explain_pair", None)
+        pairs = model_inputs.pop("_explain_pair", None)
         logits = self.model(**model_inputs).logits
         if not explain:
             return {"logits": logits}
+        batched = isinstance(pairs, list)  # with batch_size > 1 the collator lists the batch's pairs
+        pairs = pairs if batched else [pairs]
         config = self.model.config
         if temperature is None:
             temperature = check_temperature(getattr(config, "calibration_temperature", 1.0))
         if threshold is None:
             threshold = getattr(config, "decision_threshold", None)
-        scaled = logits[0].float().cpu().numpy().astype(np.float64) / temperature
+        scaled = logits.float().cpu().numpy().astype(np.float64) / temperature
         if getattr(config, "problem_type", None) == "multi_label_classification":
             probabilities = 1.0 / (1.0 + np.exp(-scaled))
         else:
-            probabilities = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
-        (explanation,) = explain_pairs(
+            exponentials = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+            probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
+        explanations = explain_pairs(
             self.model,
             self.processor,
-            [pair[0]],
-            [pair[1]],
-            targets=[int(decide(probabilities, threshold))],
+            [image for image, _ in pairs],
+            [text for _, text in pairs],
+            targets=[int(target) for target in decide(probabilities, threshold)],
             temperature=temperature,
             steps=explain_steps,
         )
-        return {"logits": logits, "explanation": explanation}
+        return {"logits": logits, "explanation": explanations if batched else explanations[0]}
 
     def postprocess(self, model_outputs, top_k=None, function_to_apply=None, threshold=None, temperature=None):
         # float64 numpy, as MMFusionPredictor computes its probabilities: the two give the same scores

@@ -36,6 +36,9 @@ HUB_USER_SCRIPT = textwrap.dedent(
         "top_1": classify(pairs, batch_size=3, top_k=1),
     }
     explained = [classify(pair, explain=True, explain_steps=16) for pair in pairs[:2]]
+    batched = classify(pairs[:3], batch_size=2, explain=True, explain_steps=16)
+    assert [r["explanation"].words for r in batched[:2]] == [r["explanation"].words for r in explained]
+    assert [r["labels"][0]["label"] for r in batched[:2]] == [r["labels"][0]["label"] for r in explained]
     results["explained"] = [{"labels": r["labels"], "explanation": r["explanation"].to_dict()} for r in explained]
     assert "mmfusion" not in sys.modules
     print(json.dumps(results))
