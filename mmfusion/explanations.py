@@ -244,6 +244,8 @@ def explain_pairs(
         for name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
         if name in inputs and (has_image or name != "pixel_values")
     }
+    if has_text and "attention_mask" not in model_inputs:  # a tokenizer that returns none: every token is real
+        model_inputs["attention_mask"] = torch.ones_like(model_inputs["input_ids"])
     id2label = {int(index): name for index, name in model.config.id2label.items()}
 
     with _differentiable_towers(model), torch.enable_grad():
