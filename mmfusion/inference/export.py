@@ -8,7 +8,8 @@ python -m mmfusion.inference.export outputs/demo-early-fusion exported/
 
 The graph takes `input_ids`, `attention_mask`, `token_type_ids` (when the tokenizer makes them) and `pixel_values`
 (images already resized to `config.image_size`) and returns `logits`; batch size and caption length are dynamic.
-It is traced with `torch.onnx.export(..., dynamo=True)` (torch.export), which handles all three fusion types.
+It is traced with `torch.onnx.export(..., dynamo=True)` (torch.export), which handles every fusion in the registry
+(tested per fusion).
 After writing, the export is checked against PyTorch on a batch of another size and caption length.
 
 With `--calibration DATA` (any source `mmfusion.data.load_image_text_dataset` reads), `model_int8.onnx` is also
