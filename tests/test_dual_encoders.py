@@ -114,7 +114,7 @@ def test_processor_uses_the_checkpoints_normalisation_and_token_limit(tmp_path):
     assert processor(text=long_caption)["input_ids"].shape[-1] == CLIP_MAX_LENGTH
     import datasets
 
-    tokenized = tokenize_captions(datasets.Dataset.from_dict({"text": [long_caption]}), processor.tokenizer, 128)
+    tokenized = tokenize_captions(datasets.Dataset.from_dict({"text": [long_caption]}), processor, 128)
     assert tokenized[0]["length"] == CLIP_MAX_LENGTH  # train.py's default 128 would run past CLIP's positions
 
 
