@@ -324,7 +324,10 @@ def compare_int8_with_fp32(
 
 
 def caption_length_limit(model: nn.Module, processor) -> int | None:
-    """The longest caption (in tokens) the model takes: its position embeddings' and the tokenizer's limit."""
+    """The longest caption (in tokens) the model takes: its position embeddings' and the tokenizer's limit.
+
+    The tokenizer's `model_max_length` is, in a trained checkpoint, the limit training truncated captions at
+    (`limit_text_length`): the export folder's processor files keep it, and the graph is traced up to it."""
     limits = [
         getattr(model.config.text_config, "max_position_embeddings", None),
         getattr(processor.tokenizer, "model_max_length", None),
