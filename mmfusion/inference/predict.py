@@ -27,6 +27,7 @@ from ..evaluation.predictions import OUTPUT_FORMATS, Predictions
 from .backends import BACKENDS, ONNX_FILENAME
 from .images import ImageCheckError, ImageInput
 from .predictor import MMFusionPredictor
+from .sharding import is_main_process, launcher_state
 
 
 def predict(
@@ -144,11 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(parser, args)
     from ..data import BadRowError  # after parsing: --help stays fast
 
+    state = launcher_state()  # `accelerate launch -m mmfusion.inference.predict ...`: the rows are shared out
+    device = args.device
+    if device is None and state is not None and state.device.type != "cpu":
+        device = str(state.device)  # one GPU per process
     try:
         predictor = MMFusionPredictor.from_pretrained(
             args.checkpoint,
             backend=args.backend,
-            device=args.device,
+            device=device,
             batch_size=args.batch_size,
             threshold=args.threshold,
             **({"onnx_file": args.onnx_file} if args.backend == "onnx" else {}),
@@ -161,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.input,
                 split=args.split,
                 report_path=args.report,
-                progress=not args.no_progress,
+                progress=not args.no_progress and is_main_process(state),
                 **LoaderArguments.from_namespace(args).as_loader_kwargs(),
             )
-            write_file_predictions(predictions, args.output)
+            if is_main_process(state):  # every process holds all rows; one writes them
+                write_file_predictions(predictions, args.output)
     except (BadRowError, ImageCheckError, OSError, ValueError) as error:  # OSError: no such checkpoint/file
         print(f"mmfusion-predict: error: {error}", file=sys.stderr)
         return 1
