@@ -86,7 +86,9 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     # 3. Processor and model.
     image_size = resolve_image_size(model_args)
     train_texts = raw[splits["train"] or next(iter(raw))]["text"]
-    processor = build_processor(model_args, image_size, train_texts)
+    # The caption limit is set on the processor here, once: training tokenizes through it and it is saved with
+    # the checkpoint, so every model served from it truncates captions where training did.
+    processor = build_processor(model_args, image_size, train_texts, max_text_length=data_args.max_text_length)
     model = build_model(model_args, label_names, len(processor.tokenizer), image_size)
     fusion = FUSIONS[model.config.fusion]
     use_features = model.config.freeze_vision_encoder and data_args.cache_image_features and fusion.needs_image

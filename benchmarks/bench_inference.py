@@ -25,7 +25,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from mmfusion.inference import INT8_ONNX_FILENAME, ONNX_FILENAME, MMFusionPredic
 from mmfusion.inference.backends import default_session_options
 from mmfusion.inference.export import compare_int8_with_fp32
 from mmfusion.inference.quantization import DEFAULT_OP_TYPES, quantize_int8
+from mmfusion.training.precision import describe_cpu
 from mmfusion.training.presets import resnet18_config, small_text_config, small_vision_config
 from mmfusion.training.tokenization import train_wordpiece_tokenizer
 
@@ -247,7 +247,7 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "threads": args.threads,
         "int8_ops": args.int8_ops,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": describe_cpu(),  # model, threads and the flags int8/bf16 speed depend on (VNNI, AVX-512, AMX)
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,

@@ -340,6 +340,9 @@ def main():
     started = time.perf_counter()
     write_memes(data_dir, args.n, small=args.small_images)
     print(f"benchmark data: {data_dir} ({args.n} train memes, built in {time.perf_counter() - started:.0f}s)")
+    from mmfusion.training.precision import describe_cpu
+
+    print(f"CPU: {describe_cpu()}")  # bf16 and int8 speed depend on these flags: read ratios beside them
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     rows = []

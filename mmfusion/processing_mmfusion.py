@@ -1,15 +1,20 @@
 """Processor for mmfusion: one call turns (image, caption) pairs into model inputs.
 
-This file is copied next to every checkpoint (remote code), so it imports only transformers, torch, numpy and PIL,
-never the `mmfusion` package itself.
+This file is copied next to every checkpoint (remote code), so it imports only transformers, torch, numpy, PIL and its
+flat siblings (`torchvision_resnet.py`, copied beside it), never the `mmfusion` package itself.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.utils import logging
+
+from .torchvision_resnet import torchvision_architecture
+
+logger = logging.get_logger(__name__)
 
 # Modes holding more than 8 bits per pixel. PIL's own convert("RGB") clips them at 255, which turns a normal
 # 16-bit PNG into a white sheet, so they are rescaled to 8 bits first.
@@ -70,13 +75,57 @@ def default_image_processor(image_size: int = 224, image_mean=IMAGENET_DEFAULT_M
     )
 
 
+def tower_image_processor(vision_model_name_or_path: str | None, image_size: int = 224):
+    """`default_image_processor` with the normalisation the vision checkpoint was trained with: its image processor's
+    mean/std (CLIP's for CLIP, 0.5 for SigLIP); ImageNet's for `torchvision/<arch>` names, no checkpoint (the small
+    random tower) and checkpoints that ship no image processor.
+
+    Only the mean/std are taken: the checkpoint's own resize-and-crop would cut off captions near a meme's edges.
+    """
+    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    if vision_model_name_or_path and not torchvision_architecture(vision_model_name_or_path):
+        try:
+            source = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+        except OSError:
+            logger.warning(
+                f"{vision_model_name_or_path} ships no image processor: normalising with ImageNet's mean/std."
+            )
+        else:
+            mean, std = source.image_mean, source.image_std
+    return default_image_processor(image_size, image_mean=mean, image_std=std)
+
+
+def limit_text_length(processor, max_text_length: int | None) -> int:
+    """Make `processor` truncate captions at `max_text_length` tokens, or at its tokenizer's own limit when that is
+    lower (CLIP's 77: its text tower has no position beyond); return the limit now in force. None changes nothing.
+
+    The limit is kept as the tokenizer's `model_max_length`, which is where every tokenizer call with
+    `truncation=True` stops and what `save_pretrained` writes to `tokenizer_config.json`: a processor limited before
+    training (train.py's `--max_text_length`) is saved with the checkpoint, so the predictor, the pipeline and the
+    ONNX export truncate captions exactly where training did, even with an older copy of this file. A limit is
+    only ever lowered, since a tokenizer's own limit is a hard one.
+    """
+    tokenizer = processor.tokenizer
+    if max_text_length is not None:
+        if max_text_length < 1:
+            raise ValueError(f"max_text_length must be at least 1, got {max_text_length}")
+        if max_text_length > tokenizer.model_max_length:
+            logger.info(
+                f"Captions are truncated at {tokenizer.model_max_length} tokens (the tokenizer's limit), "
+                f"not at max_text_length={max_text_length}."
+            )
+        tokenizer.model_max_length = min(tokenizer.model_max_length, int(max_text_length))
+    return tokenizer.model_max_length
+
+
 class MMFusionProcessor(ProcessorMixin):
     """Tokenizer + image processor.
 
     `processor(images=..., text=...)` returns `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer
     makes them) and `pixel_values` as PyTorch tensors, ready for `MMFusionForClassification`: captions are padded to
-    the batch's longest and truncated to the tokenizer's maximum. Images of any PIL mode are converted to RGB first
-    (see `to_rgb`). Other keyword arguments go where transformers' processors send them (`max_length=`,
+    the batch's longest and truncated to the tokenizer's `model_max_length` (in a trained checkpoint, the limit
+    training truncated at: see `limit_text_length`). Images of any PIL mode are converted to RGB first (see
+    `to_rgb`). Other keyword arguments go where transformers' processors send them (`max_length=`,
     `padding="max_length"`, `return_tensors=None`, `text_kwargs={...}`, `images_kwargs={...}`).
     """
 
@@ -88,6 +137,34 @@ class MMFusionProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
         # What `save_pretrained` writes for remote code; set here too so that a loaded processor equals the saved one.
         self.auto_map = {"AutoProcessor": "processing_mmfusion.MMFusionProcessor"}
+
+    @classmethod
+    def from_text_vision_pretrained(
+        cls,
+        text_model_name_or_path: str,
+        vision_model_name_or_path: str | None,
+        *,
+        image_size: int = 224,
+        max_text_length: int | None = None,
+    ) -> MMFusionProcessor:
+        """The processor for `MMFusionForClassification.from_text_vision_pretrained(text, vision, ...)`.
+
+        The text tower's tokenizer (a dual encoder's, CLIP's or SigLIP's, when the path is one) and
+        `tower_image_processor(vision_model_name_or_path, image_size)`: images resized to `image_size` (pass the
+        model's `config.image_size`) without cropping, normalised with the vision checkpoint's mean/std. Captions
+        are truncated at `max_text_length` tokens (default: the tokenizer's own limit; see `limit_text_length`).
+
+        Example:
+        ```python
+        processor = MMFusionProcessor.from_text_vision_pretrained(
+            "bert-base-uncased", "microsoft/resnet-50", image_size=224, max_text_length=128
+        )
+        ```
+        """
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+        processor = cls(tower_image_processor(vision_model_name_or_path, image_size), tokenizer)
+        limit_text_length(processor, max_text_length)
+        return processor
 
     def __call__(self, images=None, text: str | list[str] | None = None, **kwargs) -> BatchFeature:
         if images is None and text is None:
@@ -112,4 +189,12 @@ class MMFusionProcessor(ProcessorMixin):
 
 MMFusionProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["MMFusionProcessor", "default_image_processor", "rescale_to_uint8", "to_rgb", "to_uint8"]
+__all__ = [
+    "MMFusionProcessor",
+    "default_image_processor",
+    "limit_text_length",
+    "rescale_to_uint8",
+    "to_rgb",
+    "to_uint8",
+    "tower_image_processor",
+]

@@ -114,7 +114,7 @@ def test_processor_uses_the_checkpoints_normalisation_and_token_limit(tmp_path):
     assert processor(text=long_caption)["input_ids"].shape[-1] == CLIP_MAX_LENGTH
     import datasets
 
-    tokenized = tokenize_captions(datasets.Dataset.from_dict({"text": [long_caption]}), processor.tokenizer, 128)
+    tokenized = tokenize_captions(datasets.Dataset.from_dict({"text": [long_caption]}), processor, 128)
     assert tokenized[0]["length"] == CLIP_MAX_LENGTH  # train.py's default 128 would run past CLIP's positions
 
 
@@ -213,3 +213,27 @@ def test_cached_embeddings_give_the_logits_of_the_uncached_model(dual_encoder, t
     # and a second preparation is read from the cache, not recomputed
     again = prepare_model_inputs(dataset, processor, model, cache_dir=tmp_path / "cache")
     assert np.array_equal(np.stack(again[TEXT_EMBEDS]), np.stack(cached[TEXT_EMBEDS]))
+
+
+def readme_block(repo_root, heading: str) -> str:
+    """The first ```python block after `heading` in the README."""
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    after = readme[readme.index(heading) :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
+
+
+def test_the_readme_clip_example_runs_on_a_tiny_clip(repo_root, tmp_path, monkeypatch):
+    """The README's CLIP example, with a tiny local CLIP for the Hub checkpoint: one call builds the processor."""
+    folder = tmp_path / "clip"
+    tiny_clip_checkpoint(folder)
+    Image.new("RGB", (60, 48), (200, 30, 30)).save(tmp_path / "meme.png")
+    monkeypatch.chdir(tmp_path)
+    code = readme_block(repo_root, "### CLIP towers").replace('"openai/clip-vit-large-patch14"', repr(str(folder)))
+    namespace = {"Image": Image}  # imported by the README's first example
+    exec(code, namespace)
+    processor, model = namespace["processor"], namespace["model"]
+    assert namespace["probabilities"].shape == (1, 2)
+    assert processor.tokenizer.model_max_length == CLIP_MAX_LENGTH
+    assert tuple(processor.image_processor.image_mean) == pytest.approx(CLIP_MEAN)
+    assert processor.image_processor.size == {"height": model.config.image_size, "width": model.config.image_size}

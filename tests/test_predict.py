@@ -315,3 +315,40 @@ def test_cli_reads_a_file_whose_fields_have_other_names(predictor, checkpoint, t
         single = predictor.predict(folder / line["img"], line["caption"])
         assert float(row[1]) == pytest.approx(single["probabilities"]["hateful"], abs=1e-5)
         assert int(row[2]) == single["label_id"]
+
+
+def test_shares_are_whole_contiguous_batches_covering_every_row_once():
+    from mmfusion.inference.sharding import batch_aligned_shares
+
+    for rows, batch, processes in [(16, 3, 2), (5, 32, 2), (0, 4, 3), (7, 1, 3), (100, 8, 4)]:
+        shares = batch_aligned_shares(rows, batch, processes)
+        assert len(shares) == processes
+        assert [row for share in shares for row in share] == list(range(rows))
+        assert all(share.start % batch == 0 for share in shares if len(share))  # batches as one process cuts them
+
+
+def test_accelerate_launch_shares_the_rows_and_writes_the_single_process_file(checkpoint, tiny_memes_folder, tmp_path):
+    """`accelerate launch -m mmfusion.inference.predict`: 2 CPU processes write the 1-process file byte for byte."""
+    import os
+    import subprocess
+    import sys
+
+    arguments = [str(checkpoint), "--input", str(tiny_memes_folder), "--split", "test", "--batch-size", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    single = subprocess.run(
+        [sys.executable, "-m", "mmfusion.inference.predict", *arguments, "--output", str(tmp_path / "one.csv"),
+         "--cache-dir", str(tmp_path / "c1")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29536",
+         "-m", "mmfusion.inference.predict", *arguments, "--output", str(tmp_path / "two.csv"),
+         "--cache-dir", str(tmp_path / "c2")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    assert launched.stderr.count("Wrote 16 predictions") == 1  # one process writes
+    one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
+    assert one.count(b"\n") == 17 and two == one

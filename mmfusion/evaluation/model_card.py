@@ -17,8 +17,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..configuration_mmfusion import FUSIONS, MMFusionConfig
+from ..configuration_mmfusion import MMFusionConfig
 from ..files import atomic_write_text
+from ..fusions import FUSIONS
 from .report import ablation_markdown, headline_metric_names, unimodal_markdown
 from .seeds import SeedSummary
 from .tables import markdown_table

@@ -8,7 +8,8 @@ python -m mmfusion.inference.export outputs/demo-early-fusion exported/
 
 The graph takes `input_ids`, `attention_mask`, `token_type_ids` (when the tokenizer makes them) and `pixel_values`
 (images already resized to `config.image_size`) and returns `logits`; batch size and caption length are dynamic.
-It is traced with `torch.onnx.export(..., dynamo=True)` (torch.export), which handles all three fusion types.
+It is traced with `torch.onnx.export(..., dynamo=True)` (torch.export), which handles every fusion in the registry
+(tested per fusion).
 After writing, the export is checked against PyTorch on a batch of another size and caption length.
 
 With `--calibration DATA` (any source `mmfusion.data.load_image_text_dataset` reads), `model_int8.onnx` is also
@@ -323,7 +324,10 @@ def compare_int8_with_fp32(
 
 
 def caption_length_limit(model: nn.Module, processor) -> int | None:
-    """The longest caption (in tokens) the model takes: its position embeddings' and the tokenizer's limit."""
+    """The longest caption (in tokens) the model takes: its position embeddings' and the tokenizer's limit.
+
+    The tokenizer's `model_max_length` is, in a trained checkpoint, the limit training truncated captions at
+    (`limit_text_length`): the export folder's processor files keep it, and the graph is traced up to it."""
     limits = [
         getattr(model.config.text_config, "max_position_embeddings", None),
         getattr(processor.tokenizer, "model_max_length", None),

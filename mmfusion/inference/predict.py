@@ -28,6 +28,7 @@ from ..evaluation.predictions import OUTPUT_FORMATS, Predictions
 from .backends import BACKENDS, ONNX_FILENAME
 from .images import ImageCheckError, ImageInput
 from .predictor import MMFusionPredictor
+from .sharding import is_main_process, launcher_state
 
 
 def predict(
@@ -158,11 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(parser, args)
     from ..data import BadRowError  # after parsing: --help stays fast
 
+    state = launcher_state()  # `accelerate launch -m mmfusion.inference.predict ...`: the rows are shared out
+    device = args.device
+    if device is None and state is not None and state.device.type != "cpu":
+        device = str(state.device)  # one GPU per process
     try:
         predictor = MMFusionPredictor.from_pretrained(
             args.checkpoint,
             backend=args.backend,
-            device=args.device,
+            device=device,
             batch_size=args.batch_size,
             threshold=args.threshold,
             **({"onnx_file": args.onnx_file} if args.backend == "onnx" else {}),
@@ -177,12 +182,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.input,
                 split=args.split,
                 report_path=args.report,
-                progress=not args.no_progress,
+                progress=not args.no_progress and is_main_process(state),
                 **LoaderArguments.from_namespace(args).as_loader_kwargs(),
             )
-            write_file_predictions(predictions, args.output)
-            if args.explain is not None:
-                explain_input(predictor, predictions.split, args)
+            if is_main_process(state):  # every process holds all rows; one writes them
+                write_file_predictions(predictions, args.output)
+                if args.explain is not None:
+                    explain_input(predictor, predictions.split, args)
     except (BadRowError, ImageCheckError, OSError, ValueError) as error:  # OSError: no such checkpoint/file
         print(f"mmfusion-predict: error: {error}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ from .backends import (
     resolve_model_folder,
 )
 from .images import ImageInput, load_image
+from .sharding import batch_aligned_shares, gather_in_order, launcher_state, main_process_first
 
 
 def label_names_from_config(config) -> list[str]:
@@ -336,9 +337,10 @@ class MMFusionPredictor:
         if detect_kind(source) == "files" and load_options.get("class_names") is None:
             # string labels (or none at all, for an unlabeled file) are read in the model's own class order
             load_options["class_names"] = list(self.label_names)
-        dataset_dict, report = load_image_text_dataset(
-            source, on_bad_rows=on_bad_rows, return_report=True, **load_options
-        )
+        with main_process_first(launcher_state()):  # under a launcher, one process fills the datasets cache
+            dataset_dict, report = load_image_text_dataset(
+                source, on_bad_rows=on_bad_rows, return_report=True, **load_options
+            )
         if report_path is not None:  # saved here rather than by the loader: not every loader takes `report_path`
             report.save(report_path)
         split = choose_split(dataset_dict, split, source)
@@ -353,14 +355,22 @@ class MMFusionPredictor:
     ) -> Predictions:
         """Predict a `datasets.Dataset` with `id`, `image` and `text` columns (and optionally `label`).
 
-        Images are read undecoded (file path or encoded bytes) and decoded by the predictor's threads.
+        Images are read undecoded (file path or encoded bytes) and decoded by the predictor's threads. Under a
+        launcher (`accelerate launch`, `torchrun`) each process predicts its share of whole batches and every process
+        returns all rows, in input order (`mmfusion.inference.sharding`).
         """
-        undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+        state = launcher_state()
+        rows = range(len(dataset))
+        if state is not None:
+            rows = batch_aligned_shares(len(dataset), self.batch_size, state.num_processes)[state.process_index]
+        undecoded = dataset.cast_column("image", datasets.Image(decode=False)).select(rows)
         batches = (
             ([encoded_image(image) for image in batch["image"]], batch["text"])
             for batch in undecoded.select_columns(["image", "text"]).iter(batch_size=self.batch_size)
         )
-        probabilities = self._run(batches, len(dataset), progress=progress, description=description)
+        probabilities = self._run(batches, len(rows), progress=progress, description=description)
+        if state is not None:
+            probabilities = gather_in_order(probabilities, state)
         labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
         return Predictions(
             ids=[str(i) for i in dataset["id"]],

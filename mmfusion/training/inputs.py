@@ -34,7 +34,7 @@ from datasets.fingerprint import Hasher
 
 from ..fusions import FUSIONS, fusion_names
 from ..parallel import image_thread_pool
-from ..processing_mmfusion import MMFusionProcessor, to_rgb, to_uint8
+from ..processing_mmfusion import MMFusionProcessor, limit_text_length, to_rgb, to_uint8
 from .collator import MMFusionCollator
 from .columns import IMAGE_EMBEDS, IMAGE_FEATURES, LENGTH, PIXELS, TEXT_EMBEDS, TEXT_INPUTS
 
@@ -86,21 +86,34 @@ def _map_cached(dataset: Dataset, function, *, fingerprint: str, cache_dir: Path
 
 
 def tokenize_captions(
-    dataset: Dataset, tokenizer, max_length: int, *, cache_dir: Path | None = None, num_proc: int | None = None
+    dataset: Dataset,
+    processor: MMFusionProcessor,
+    max_length: int | None = None,
+    *,
+    cache_dir: Path | None = None,
+    num_proc: int | None = None,
 ) -> Dataset:
     """Add `input_ids`, `attention_mask` (and `token_type_ids`) without padding, plus their `length`.
 
-    Captions are truncated to `max_length` or the tokenizer's own limit, whichever is shorter (CLIP's is 77: its
-    text tower has no position beyond)."""
-    max_length = min(max_length, tokenizer.model_max_length)
+    Captions go through the processor's own text path, the call the predictor, the pipeline and the ONNX export
+    make, so training truncates them where every model served from the saved processor will: at the processor's
+    limit (`limit_text_length`). `max_length`, when given, lowers that limit first (never past the tokenizer's own:
+    CLIP's 77, its text tower has no position beyond), so that a processor saved after training carries it."""
+    limit = limit_text_length(processor, max_length)
 
     def tokenize(batch):
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        encoded = processor(text=batch["text"], padding=False, return_tensors=None)
         encoded[LENGTH] = [len(ids) for ids in encoded["input_ids"]]
         return dict(encoded)
 
     fingerprint = Hasher.hash(
-        ["tokenize", _PIPELINE_VERSION, dataset._fingerprint, _tokenizer_fingerprint(tokenizer), max_length]
+        [
+            "tokenize-by-processor",  # not "tokenize": entries written by the bare tokenizer call are not reused
+            _PIPELINE_VERSION,
+            dataset._fingerprint,
+            _tokenizer_fingerprint(processor.tokenizer),
+            limit,
+        ]
     )
     return _map_cached(
         dataset,
@@ -393,7 +406,7 @@ def prepare_model_inputs(
 
     prepared = {}
     for name, split in splits.items():
-        split = tokenize_captions(split, processor.tokenizer, max_length, cache_dir=cache_dir)
+        split = tokenize_captions(split, processor, max_length, cache_dir=cache_dir)
         if use_text_embeddings:
             split = encode_texts(
                 split,

@@ -7,8 +7,7 @@ it, so a flag means the same thing everywhere.
 from __future__ import annotations
 
 import datasets
-from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers import AutoConfig, AutoProcessor
 from transformers.utils import logging
 
 from ..checkpoints import check_checkpoint
@@ -16,7 +15,7 @@ from ..configuration_mmfusion import DUAL_ENCODER_TOWERS, MMFusionConfig
 from ..data import load_image_text_dataset
 from ..fusions import fusion_settings
 from ..modeling_mmfusion import MMFusionForClassification
-from ..processing_mmfusion import MMFusionProcessor, default_image_processor
+from ..processing_mmfusion import MMFusionProcessor, limit_text_length, tower_image_processor
 from ..torchvision_resnet import torchvision_architecture
 from .arguments import DataArguments, ModelArguments
 from .presets import small_text_config, small_vision_config
@@ -130,32 +129,36 @@ def dual_encoder_vision_config(vision_model_name_or_path: str):
 
 
 def build_image_processor(vision_model_name_or_path: str | None, image_size: int):
-    """Resize to `image_size` x `image_size` without cropping (captions near a meme's edges survive), then the
-    normalisation the vision checkpoint was trained with (its image processor's mean/std: CLIP's for CLIP, 0.5 for
-    SigLIP); ImageNet's for torchvision, the small random tower and checkpoints that ship no image processor."""
-    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    if vision_model_name_or_path and not torchvision_architecture(vision_model_name_or_path):
-        try:
-            source = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
-        except OSError:
-            logger.warning(
-                f"{vision_model_name_or_path} ships no image processor: normalising with ImageNet's mean/std."
-            )
-        else:
-            mean, std = source.image_mean, source.image_std
-    return default_image_processor(image_size, image_mean=mean, image_std=std)
+    """Resize to `image_size` x `image_size` without cropping, with the vision checkpoint's mean/std (ImageNet's for
+    torchvision and the small random tower): `tower_image_processor`, which the saved processor's own
+    `MMFusionProcessor.from_text_vision_pretrained` uses too."""
+    return tower_image_processor(vision_model_name_or_path, image_size)
 
 
-def build_processor(model_args: ModelArguments, image_size: int, train_texts) -> MMFusionProcessor:
+def build_processor(
+    model_args: ModelArguments, image_size: int, train_texts, max_text_length: int | None = None
+) -> MMFusionProcessor:
     """The checkpoint's processor, or the text tower's tokenizer (a dual encoder's: CLIP's, with its 77-token limit)
-    or (small random tower) a vocabulary learnt from the training captions, with `build_image_processor`."""
+    or (small random tower) a vocabulary learnt from the training captions, with `build_image_processor`.
+
+    `max_text_length` (`--max_text_length`) is set here, once, on the processor (`limit_text_length`): training
+    tokenizes through it (`tokenize_captions`) and it is saved with the checkpoint, so the predictor, the pipeline
+    and the ONNX export truncate captions where training did. The limit is never raised: None keeps the tokenizer's
+    own, and a checkpoint keeps the one it was trained with unless `max_text_length` is lower.
+    """
     if model_args.model_name_or_path:
-        return AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
-    if model_args.text_model_name_or_path:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    elif model_args.text_model_name_or_path:
+        processor = MMFusionProcessor.from_text_vision_pretrained(
+            model_args.text_model_name_or_path, model_args.vision_model_name_or_path, image_size=image_size
+        )
     else:
         tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size=model_args.tokenizer_vocab_size)
-    return MMFusionProcessor(build_image_processor(model_args.vision_model_name_or_path, image_size), tokenizer)
+        processor = MMFusionProcessor(
+            build_image_processor(model_args.vision_model_name_or_path, image_size), tokenizer
+        )
+    limit_text_length(processor, max_text_length)
+    return processor
 
 
 def build_model(

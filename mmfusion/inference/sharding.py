@@ -1,0 +1,71 @@
+"""Batch prediction spread over the processes of a launcher (`accelerate launch`, `torchrun`), gathered in input order.
+
+Each process predicts one contiguous share of the rows, made of whole batches: every batch is then exactly the batch
+a single process would have run (same rows, same padding), so the merged output is the single-process output, byte
+for byte. Shares are gathered in process order, which is input order, and only the main process writes.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import numpy as np
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launcher_state():
+    """accelerate's `PartialState` (joins the launcher's process group: NCCL on GPUs, gloo on CPUs) when launched as
+    several processes; None when run as one, so a plain run never touches `torch.distributed`."""
+    if launched_processes() <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def batch_aligned_shares(num_rows: int, batch_size: int, num_processes: int) -> list[range]:
+    """Contiguous row ranges, one per process, each a whole number of batches (the last batch of all may be short),
+    spread as evenly as whole batches allow."""
+    if batch_size < 1 or num_processes < 1:
+        raise ValueError(f"batch_size and num_processes must be >= 1, got {batch_size} and {num_processes}")
+    num_batches = -(-num_rows // batch_size)
+    shares, first_batch = [], 0
+    for process in range(num_processes):
+        batches = num_batches // num_processes + (process < num_batches % num_processes)
+        start = min(first_batch * batch_size, num_rows)
+        stop = min((first_batch + batches) * batch_size, num_rows)
+        shares.append(range(start, stop))
+        first_batch += batches
+    return shares
+
+
+def gather_in_order(local: np.ndarray, state) -> np.ndarray:
+    """Every process's rows, concatenated in process order (= input order); the same array on every process."""
+    from accelerate.utils import gather_object
+
+    parts = gather_object([local])
+    return np.concatenate(parts) if parts else local
+
+
+def is_main_process(state) -> bool:
+    return state is None or state.is_main_process
+
+
+def main_process_first(state):
+    """The main process first (e.g. loading data into the `datasets` cache), then the others read what it wrote."""
+    return nullcontext() if state is None else state.main_process_first()
+
+
+__all__ = [
+    "batch_aligned_shares",
+    "gather_in_order",
+    "is_main_process",
+    "launched_processes",
+    "launcher_state",
+    "main_process_first",
+]
