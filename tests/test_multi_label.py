@@ -135,3 +135,204 @@ def test_predictions_records_and_csv(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == "id,proba_a,proba_b,proba_c,labels"
     assert lines[1].endswith(",a|b") and lines[2].endswith(",")
+
+
+# ------------------------------------------------------------------------------------------------ the Trainer
+
+
+def test_the_trainer_trains_a_multi_label_model_with_bce_and_reports_per_label_metrics(tmp_path):
+    from PIL import Image
+    from tiny_models import CAPTIONS, tiny_model, tiny_processor
+    from transformers import TrainingArguments
+
+    from mmfusion.training.trainer import MMFusionTrainer
+
+    model = tiny_model(
+        "concat", problem_type="multi_label_classification", num_labels=3, id2label=dict(enumerate(NAMES))
+    )
+    processor = tiny_processor()
+    images = [Image.new("RGB", (32, 32), (40 * i, 200 - 30 * i, 90)) for i in range(len(CAPTIONS))]
+    encoded = processor(images=images, text=CAPTIONS, padding="max_length", max_length=16, return_tensors="pt")
+    targets = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 1]], dtype=torch.float32)
+    rows = [{**{key: value[i] for key, value in encoded.items()}, "labels": targets[i]} for i in range(len(CAPTIONS))]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=10, per_device_train_batch_size=6, learning_rate=1e-2,
+        report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = MMFusionTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        eval_dataset=rows,
+        compute_metrics=make_compute_metrics(NAMES, True),
+    )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0]
+    metrics = trainer.evaluate()
+    assert {"eval_macro_auroc", "eval_micro_f1", "eval_auroc_a", "eval_f1_c"} <= set(metrics)
+    with torch.no_grad():  # the loss is BCE over the labels
+        logits = model(**{key: value for key, value in encoded.items()}).logits
+        loss = model(**encoded, labels=targets).loss
+    assert loss.item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item())
+
+
+# ------------------------------------------------------------------------------------------------ train.py and every path
+
+HUB_USER_SCRIPT = """
+import importlib.util, json, os, sys
+# A Hub user: transformers installed, mmfusion not. Drop the editable-install finder and the repository path.
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path = [p for p in sys.path if p and os.path.realpath(p) != os.path.realpath(sys.argv[1])]
+assert importlib.util.find_spec("mmfusion") is None, "mmfusion is importable"
+import torch
+from PIL import Image
+from transformers import AutoModelForSequenceClassification, AutoProcessor, pipeline
+folder, images, texts = sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+images = [Image.open(path) for path in images]
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+decisions = sys.modules[type(model.config).__module__.rsplit(".", 1)[0] + ".decisions"]
+with torch.no_grad():
+    logits = model(**processor(images=images, text=texts, return_tensors="pt")).logits.double().numpy()
+selected = decisions.decide(1 / (1 + decisions.np.exp(-logits)), model.config.decision_threshold, multi_label=True)
+classify = pipeline("image-text-classification", model=folder, trust_remote_code=True, device="cpu")
+piped = classify([{"image": image, "text": text} for image, text in zip(images, texts)], batch_size=4)
+everything = classify({"image": images[0], "text": texts[0]}, threshold=0.0)
+assert "mmfusion" not in sys.modules
+print(json.dumps({
+    "problem_type": model.config.problem_type,
+    "threshold": model.config.decision_threshold,
+    "remote": [[model.config.id2label[i] for i, on in enumerate(row) if on] for row in selected.tolist()],
+    "pipeline": [[e["label"] for e in records if e["selected"]] for records in piped],
+    "scores": [{e["label"]: e["score"] for e in records} for records in piped],
+    "everything": [e["label"] for e in everything if e["selected"]],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def mami_b_run(repo_root, tmp_path_factory):
+    """train.py on a synthetic MAMI folder, task B (multi-label), 2 epochs; the test split plays validation (MAMI
+    has none), so the per-label thresholds are chosen on it."""
+    import subprocess
+    import sys
+
+    from conftest import TINY_TRAIN_ARGS
+    from meme_folders import make_mami_multi_label
+
+    tmp = tmp_path_factory.mktemp("mami-b")
+    root = make_mami_multi_label(tmp / "mami")
+    output = tmp / "run"
+    args = ["--dataset", root, "--task", "B", "--validation_split", "test", "--num_train_epochs", "2",
+            "--learning_rate", "3e-3", "--output_dir", output, "--cache_dir", tmp / "cache"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "train.py"), *map(str, args), *TINY_TRAIN_ARGS],
+        cwd=repo_root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root, output, tmp
+
+
+MAMI_LABELS = ["shaming", "stereotype", "objectification", "violence"]
+
+
+def test_train_py_trains_mami_task_b_and_reports_per_label_figures(mami_b_run):
+    import json
+
+    _, output, _ = mami_b_run
+    config = json.loads((output / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert config["decision_policy"] == "max_f1" and len(config["decision_threshold"]) == 4
+    assert all(0 <= t <= 1 for t in config["decision_threshold"])
+    figures = config["decision_figures"]
+    assert figures["split"] == "test" and set(figures["per_class"]) == set(MAMI_LABELS)
+    assert all(entry["fitted"] for entry in figures["per_class"].values())  # every label on both sides in test
+    assert config["calibration_temperature"] == 1.0  # no temperature for multi-label
+
+    report = json.loads((output / "eval_report.json").read_text())
+    assert report["multi_label"] and report["primary_metric"] == "macro_auroc"
+    test = report["splits"]["test"]
+    assert [row["label"] for row in test["per_class"]] == MAMI_LABELS
+    for row, threshold in zip(test["per_class"], config["decision_threshold"]):
+        assert {"f1", "precision", "recall", "auroc", "threshold", "support"} <= set(row)
+        assert row["threshold"] == pytest.approx(threshold) and row["support"] == 8
+    assert {"micro_f1", "macro_f1", "macro_auroc", "micro_auroc", "subset_accuracy"} <= set(test["metrics"])
+    assert test["confusion_matrix"] is None and "ablations" in test
+    assert test["modality_reliance"]["metric"] in ("macro_auroc", "macro_f1")
+    markdown = (output / "eval_report.md").read_text()
+    assert "### Per label" in markdown and "| **macro** |" in markdown and "No confusion matrix" in markdown
+    card = (output / "README.md").read_text()
+    assert "### Per label: test" in card and "binary cross-entropy" in card and ".sigmoid()" in card
+    assert "name: Macro AUROC" in card
+    header = (output / "predictions_test.csv").read_text().splitlines()[0]
+    assert header == "id," + ",".join(f"proba_{name}" for name in MAMI_LABELS) + ",labels"
+    results = json.loads((output / "all_results.json").read_text())
+    assert "eval_macro_auroc" in results and "eval_auroc_violence" in results
+
+
+def test_per_label_thresholds_decide_alike_in_torch_remote_code_pipeline_and_onnx(mami_b_run, repo_root):
+    """Per-label thresholds in the middle of each label's scores (so every label is flagged on some rows and not
+    on others); the predictor, the checkpoint's own code without mmfusion, its pipeline and ONNX Runtime return the
+    same label sets; the thresholds survive save/load and export; call-time overrides work."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from mmfusion.inference import MMFusionPredictor
+    from mmfusion.inference.export import export_onnx
+    from mmfusion.inference.predict import main as predict_main
+
+    root, output, tmp = mami_b_run
+    folder = tmp / "checkpoint"
+    shutil.copytree(output, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+    captions = dict(line.split("\t") for line in (tmp / "mami" / "test" / "Test.csv").read_text().splitlines()[1:])
+    paths = sorted((tmp / "mami" / "test").glob("*.jpg"), key=lambda p: int(p.stem))[:12]
+    texts = [captions[path.name] for path in paths]
+    images = [str(path) for path in paths]
+    scores = MMFusionPredictor.from_pretrained(folder, device="cpu").predict_probabilities(images, texts)
+    ordered = np.sort(scores, axis=0)
+    thresholds = [float((ordered[5, j] + ordered[6, j]) / 2) for j in range(4)]  # 6 rows above, 6 below each
+    config = json.loads((folder / "config.json").read_text())
+    config["decision_threshold"] = thresholds
+    (folder / "config.json").write_text(json.dumps(config))
+
+    predictor = MMFusionPredictor.from_pretrained(folder, device="cpu")
+    assert predictor.multi_label and predictor.threshold == pytest.approx(thresholds)
+    records = predictor.predict_batch(images, texts)
+    expected = [sorted(record["labels"]) for record in records]
+    assert all(sum(name in labels for labels in expected) == 6 for name in MAMI_LABELS)
+    assert {len(labels) for labels in expected} != {len(MAMI_LABELS)}
+    assert all(set(record["probabilities"]) == set(MAMI_LABELS) for record in records)
+    assert predictor.predict(images[0], texts[0], threshold=0.0)["labels"] != []
+    assert all(r["labels"] == [] for r in predictor.predict_batch(images, texts, threshold=1.0))
+
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", HUB_USER_SCRIPT, str(repo_root), str(folder), json.dumps(images),
+         json.dumps(texts)],
+        cwd=tmp, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    hub = json.loads(result.stdout.strip().splitlines()[-1])
+    assert hub["problem_type"] == "multi_label_classification" and hub["threshold"] == pytest.approx(thresholds)
+    assert [sorted(labels) for labels in hub["remote"]] == expected
+    assert [sorted(labels) for labels in hub["pipeline"]] == expected
+    for piped, record in zip(hub["scores"], records):
+        assert piped == pytest.approx(record["probabilities"], abs=1e-6)
+    assert sorted(hub["everything"]) == sorted(MAMI_LABELS)
+
+    exported = tmp / "onnx"
+    export_onnx(folder, exported)
+    onnx_predictor = MMFusionPredictor.from_pretrained(exported, backend="onnx")
+    assert onnx_predictor.threshold == pytest.approx(thresholds)
+    assert [sorted(r["labels"]) for r in onnx_predictor.predict_batch(images, texts)] == expected
+
+    csv_path = tmp / "predictions.csv"
+    argv = [str(exported), "--backend", "onnx", "--input", root, "--split", "test", "--task", "B", "--output",
+            str(csv_path), "--cache-dir", str(tmp / "cache"), "--no-progress"]  # fmt: skip
+    assert predict_main(argv) == 0
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].endswith(",labels") and len(rows) == 17
+    by_id = {row.split(",")[0]: row.rsplit(",", 1)[1] for row in rows[1:]}
+    assert [sorted(filter(None, by_id[path.name].split("|"))) for path in paths] == expected

@@ -113,7 +113,8 @@ def build_parser() -> HfArgumentParser:
         "--threshold",
         type=parse_threshold,
         help="decision threshold in [0, 1] instead of the checkpoint's (two classes: class 1 when its probability "
-        "reaches it; more classes: one per class, comma-separated); default: the checkpoint's",
+        "reaches it; more classes: one per class, comma-separated; multi-label: one for every label, or one per "
+        "label, comma-separated); default: the checkpoint's",
     )
     return parser
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.image is not None:
             record = predictor.predict(args.image, args.text)
-            write_pair(record, Path(args.image).stem, args.output, predictor.threshold)
+            write_pair(record, Path(args.image).stem, args.output, predictor.threshold, predictor.multi_label)
         else:
             predictions = predictor.predict_file(
                 args.input,
@@ -171,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_pair(record: dict[str, Any], example_id: str, output: str | None, threshold=None) -> None:
+def write_pair(
+    record: dict[str, Any], example_id: str, output: str | None, threshold=None, multi_label: bool = False
+) -> None:
     """Print the record as JSON; with `output`, write it there instead (JSON, or a one-row challenge CSV)."""
     if output is None:
         print(json.dumps(record, indent=2))
@@ -183,7 +186,11 @@ def write_pair(record: dict[str, Any], example_id: str, output: str | None, thre
         names = list(record["probabilities"])
         probabilities = [[record["probabilities"][name] for name in names]]
         Predictions(
-            ids=[example_id], probabilities=np.asarray(probabilities), label_names=names, threshold=threshold
+            ids=[example_id],
+            probabilities=np.asarray(probabilities),
+            label_names=names,
+            threshold=threshold,
+            multi_label=multi_label,
         ).to_csv(output)
     print(f"Wrote {output}", file=sys.stderr)
 
