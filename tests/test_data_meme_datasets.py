@@ -279,7 +279,8 @@ def test_the_sweep_recipe_of_each_dataset_parses_and_names_splits_the_layout_has
         path.write_text(yaml.safe_dump(arguments))
         _, data_args, training_args = parse_arguments([str(path)])
         assert data_args.dataset_format == layout and data_args.task in LAYOUTS[layout].tasks
-        assert not LAYOUTS[layout].tasks[data_args.task].is_multi_label  # the recipes run the single-label tasks
+        if LAYOUTS[layout].tasks[data_args.task].is_multi_label:  # per-label thresholds need a validation split
+            assert training_args.metric_for_best_model == "macro_auroc" and data_args.validation_split is not None
         dataset = load_image_text_dataset(root, **{**data_args.as_loader_kwargs(), "cache_dir": str(tmp_path / "c")})
         for split in (data_args.validation_split, data_args.test_split):
             assert split is None or split in dataset, (run["name"], split)

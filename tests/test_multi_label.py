@@ -41,6 +41,7 @@ def test_per_label_max_f1_thresholds_have_the_known_answer():
     assert figures["per_class"]["a"]["f1"] == 1.0 and figures["per_class"]["a"]["fitted"]
     assert figures["per_class"]["b"]["f1"] == pytest.approx(0.8)
     assert not figures["per_class"]["c"]["fitted"] and "no positive example" in figures["per_class"]["c"]["note"]
+    assert figures["per_class"]["c"]["recall"] is None  # undefined: None, not NaN (the config is JSON)
 
 
 def test_per_label_target_policies_and_unreachable_targets_name_the_label():

@@ -235,6 +235,8 @@ def fit_multi_label_thresholds(probabilities, labels, policy, label_names: Seque
                 raise UnreachableTargetError(f"label {name!r}{where}: {error}") from None
         thresholds.append(float(threshold))
         figures = point_figures(scores, positives, threshold)
+        # undefined figures (recall of a label without positives) as None: the config is JSON
+        figures = {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in figures.items()}
         figures["fitted"] = note is None and policy.kind != "fixed"
         if note:
             figures["note"] = note
