@@ -177,7 +177,14 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     )
     try:
         known_logits = run_operating_point(
-            trainer, raw, prepared, splits, model_args, training_args.output_dir, save=saved_here
+            trainer,
+            raw,
+            prepared,
+            splits,
+            model_args,
+            training_args.output_dir,
+            save=saved_here,
+            trained=training_args.do_train,
         )
     except ValueError as error:  # an unreachable target: stop, naming the best value (the model is saved)
         raise SystemExit(

@@ -337,3 +337,35 @@ def test_per_label_thresholds_decide_alike_in_torch_remote_code_pipeline_and_onn
     assert rows[0].endswith(",labels") and len(rows) == 17
     by_id = {row.split(",")[0]: row.rsplit(",", 1)[1] for row in rows[1:]}
     assert [sorted(filter(None, by_id[path.name].split("|"))) for path in paths] == expected
+
+
+def test_evaluating_a_checkpoint_keeps_its_thresholds_unless_a_policy_is_given(mami_b_run, repo_root):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import TINY_TRAIN_ARGS
+
+    root, output, tmp = mami_b_run
+    folder = tmp / "evaluated"
+    shutil.copytree(output, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+    stored = json.loads((folder / "config.json").read_text())["decision_threshold"]
+
+    def evaluate(*extra):
+        args = ["--model_name_or_path", folder, "--output_dir", folder, "--do_train", "false", "--dataset", root,
+                "--task", "B", "--validation_split", "test", "--cache_dir", tmp / "cache", *extra]  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, str(repo_root / "train.py"), *map(str, args), *TINY_TRAIN_ARGS],
+            cwd=repo_root, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-4000:]
+        report = json.loads((folder / "eval_report.json").read_text())
+        return json.loads((folder / "config.json").read_text()), report["splits"]["test"]["per_class"]
+
+    config, per_label = evaluate()
+    assert config["decision_threshold"] == pytest.approx(stored)
+    assert [row["threshold"] for row in per_label] == pytest.approx(stored)
+    config, per_label = evaluate("--decision_threshold", "0.3")
+    assert config["decision_threshold"] == [0.3] * 4 and config["decision_policy"] == "fixed"
+    assert [row["threshold"] for row in per_label] == [0.3] * 4

@@ -120,12 +120,13 @@ def build_parser() -> HfArgumentParser:
 
 
 def parse_threshold(text: str):
-    """`--threshold 0.3` or, one per class, `--threshold 0.5,0.4,0.6`; checked to lie in [0, 1]."""
+    """`--threshold 0.3` or, one per class, `--threshold 0.5,0.4,0.6`; checked to lie in [0, 1] (the predictor checks
+    them against the checkpoint: how many, and for single-label classes none at 0)."""
     from ..decisions import check_decision_threshold
 
     values = [part for part in text.replace(" ", ",").split(",") if part]
     try:
-        return check_decision_threshold(values[0] if len(values) == 1 else values)
+        return check_decision_threshold(values[0] if len(values) == 1 else values, multi_label=True)
     except (ValueError, IndexError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

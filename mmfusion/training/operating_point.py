@@ -89,7 +89,10 @@ def _fit_multi_label(config, logits, labels, label_names, split, policy, done):
         thresholds, figures = fit_multi_label_thresholds(probabilities, labels, policy, label_names, split=split)
     else:
         thresholds, figures = [float(policy.target)] * len(label_names), None
-    config.decision_threshold, config.decision_policy, config.decision_figures = thresholds, str(policy), figures
+    name = "fixed" if policy.kind == "fixed" else str(policy)
+    if figures is not None:
+        figures["policy"] = name
+    config.decision_threshold, config.decision_policy, config.decision_figures = thresholds, name, figures
     done["threshold"] = thresholds
     for name, entry in ((figures or {}).get("per_class") or {}).items():
         if entry.get("note"):
@@ -97,16 +100,20 @@ def _fit_multi_label(config, logits, labels, label_names, split, policy, done):
     return done
 
 
-def run_operating_point(trainer, raw, prepared, splits, model_args, output_dir, *, save: bool) -> dict:
+def run_operating_point(
+    trainer, raw, prepared, splits, model_args, output_dir, *, save: bool, trained: bool = True
+) -> dict:
     """train.py's step: predict the validation split, fit, and save the config beside the weights when `save`.
 
+    `trained`: the model was trained in this run, so a multi-label model gets its default per-label thresholds
+    (`max_f1`) even without a policy; a checkpoint only evaluated keeps its own unless a policy is given.
     Returns `{split: logits}` for the split it predicted, so that train.py does not predict it twice."""
     config = trainer.model.config
     validation = splits.get("validation")
     labeled = validation is not None and any(has_label(label) for label in raw[validation]["label"])
     policy = model_args.decision_threshold
     multi_label = is_multi_label(config)
-    if not (model_args.calibrate or policy is not None or multi_label):
+    if not (model_args.calibrate or policy is not None or (multi_label and trained)):
         return {}
     logits = trainer.predict_logits(prepared[validation]) if labeled else None
     if multi_label:
