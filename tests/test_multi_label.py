@@ -369,3 +369,26 @@ def test_evaluating_a_checkpoint_keeps_its_thresholds_unless_a_policy_is_given(m
     config, per_label = evaluate("--decision_threshold", "0.3")
     assert config["decision_threshold"] == [0.3] * 4 and config["decision_policy"] == "fixed"
     assert [row["threshold"] for row in per_label] == [0.3] * 4
+
+
+def test_a_converted_multi_label_dataset_loads_back_multi_label(tmp_path):
+    """`mmfusion-data convert --task B` writes List(ClassLabel); read back through `datasets.load_dataset` (as from
+    the Hub) it is the same multi-label data, so `train.py --dataset org/name` trains it."""
+    import datasets
+    from meme_folders import make_mami
+
+    from mmfusion.data import load_image_text_dataset
+    from mmfusion.data.cli import main
+
+    root = make_mami(tmp_path / "mami")
+    assert main(["convert", root, str(tmp_path / "hub"), "--task", "B", "--cache-dir", str(tmp_path / "c")]) == 0
+    hub = datasets.load_dataset(str(tmp_path / "hub"), cache_dir=str(tmp_path / "hub-cache"))
+    loaded = load_image_text_dataset(hub, cache_dir=str(tmp_path / "c2"))
+    original = load_image_text_dataset(root, task="B", cache_dir=str(tmp_path / "c"))
+    for split in original:
+        assert loaded[split].features["label"] == original[split].features["label"]
+        assert (
+            loaded[split]["label"]
+            == original[split]["label"]
+            == ([[0, 2], [], [1, 3]] if split == "train" else [[2], []])
+        )
