@@ -41,6 +41,7 @@ from mmfusion.training.setup import (
     build_processor,
     check_train_split,
     is_labeled,
+    is_multi_label_data,
     label_names_of,
     limit_samples,
     load_data,
@@ -77,7 +78,8 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     # 2. Data: every row checked once at load time, then the splits that play train/validation/test.
     with training_args.main_process_first(desc="loading data"):
         raw, load_report = load_data(data_args)
-    label_names = label_names_of(raw, data_args)  # a multi-label task is refused here, saying so
+    label_names = label_names_of(raw, data_args)
+    multi_label = is_multi_label_data(raw)  # MAMI B, MMHS150K votes: a set of labels per row (BCE, sigmoids)
     splits = resolve_splits(raw, data_args)
     if training_args.do_train:
         check_train_split(raw, splits, data_args)
@@ -89,7 +91,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     # The caption limit is set on the processor here, once: training tokenizes through it and it is saved with
     # the checkpoint, so every model served from it truncates captions where training did.
     processor = build_processor(model_args, image_size, train_texts, max_text_length=data_args.max_text_length)
-    model = build_model(model_args, label_names, len(processor.tokenizer), image_size)
+    model = build_model(model_args, label_names, len(processor.tokenizer), image_size, multi_label=multi_label)
     fusion = FUSIONS[model.config.fusion]
     use_features = model.config.freeze_vision_encoder and data_args.cache_image_features and fusion.needs_image
     if not fusion.needs_image:
@@ -119,15 +121,18 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             autocast_dtype=training_autocast_dtype(training_args),
         )
 
-    # 5. The Trainer: model selection on the validation split's headline metric (AUROC or macro-F1).
+    # 5. The Trainer: model selection on the validation split's headline metric (AUROC, macro-F1, or for a
+    #    multi-label task macro AUROC: threshold-free, the per-label thresholds are chosen after training).
     if training_args.metric_for_best_model in (None, "loss") and splits["validation"]:
-        training_args.metric_for_best_model = best_model_metric(len(label_names))
+        training_args.metric_for_best_model = best_model_metric(len(label_names), multi_label)
         training_args.greater_is_better = True
     if not splits["validation"]:
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
     collator = MMFusionCollator.for_processor(
-        processor, pad_to_multiple_of=8 if training_args.device.type == "cuda" else 1
+        processor,
+        pad_to_multiple_of=8 if training_args.device.type == "cuda" else 1,
+        num_labels=len(label_names) if multi_label else None,
     )
     trainer = MMFusionTrainer(
         model=model,
@@ -135,7 +140,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         train_dataset=prepared[splits["train"]] if training_args.do_train else None,
         eval_dataset=prepared[splits["validation"]] if splits["validation"] else None,
         data_collator=collator,
-        compute_metrics=make_compute_metrics(label_names),
+        compute_metrics=make_compute_metrics(label_names, multi_label),
         processing_class=processor,
         fusion_learning_rate=model_args.fusion_learning_rate,
     )
@@ -174,7 +179,14 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     )
     try:
         known_logits = run_operating_point(
-            trainer, raw, prepared, splits, model_args, training_args.output_dir, save=saved_here
+            trainer,
+            raw,
+            prepared,
+            splits,
+            model_args,
+            training_args.output_dir,
+            save=saved_here,
+            trained=training_args.do_train,
         )
     except ValueError as error:  # an unreachable target: stop, naming the best value (the model is saved)
         raise SystemExit(

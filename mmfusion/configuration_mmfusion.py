@@ -10,7 +10,7 @@ import math
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig, ResNetConfig
 
-from .decisions import check_decision_threshold, check_temperature
+from .decisions import check_decision_threshold, check_temperature, is_multi_label
 from .fusions import FUSIONS, fusion_settings
 from .pipeline_mmfusion import custom_pipelines_entry  # imported so the pipeline file is copied beside the config
 
@@ -146,7 +146,10 @@ class MMFusionConfig(PretrainedConfig):
         decision_threshold (`float` or `list[float]`, *optional*):
             `None`: the predicted class is the most probable one. Two classes: the positive class (id 1) is
             predicted when its probability reaches this number, in [0, 1]. More classes: one threshold per class
-            (one vs rest, see `decisions.py`). Every inference path uses it; each takes a call-time override.
+            (one vs rest, see `decisions.py`). Multi-label (`problem_type="multi_label_classification"`): one
+            threshold per label (or one for all; `None`: 0.5), every label reaching its threshold is predicted;
+            train.py chooses them on the validation split (max F1 per label by default). Every inference path uses
+            it; each takes a call-time override.
         decision_policy (`str`, *optional*):
             How `decision_threshold` was chosen: `"fixed"`, `"max_f1"`, `"precision=0.9"`, `"recall=0.9"`,
             `"fpr=0.01"` (see `mmfusion.evaluation.thresholds`).
@@ -249,7 +252,9 @@ class MMFusionConfig(PretrainedConfig):
             raise ValueError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}; got {self.text_pooling!r}.")
         self.calibration_temperature = check_temperature(self.calibration_temperature)
         num_labels = len(self.id2label) if self.id2label else None
-        self.decision_threshold = check_decision_threshold(self.decision_threshold, num_labels)
+        self.decision_threshold = check_decision_threshold(
+            self.decision_threshold, num_labels, multi_label=is_multi_label(self)
+        )
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}.")
         side = math.isqrt(max(self.num_image_tokens, 0))

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from transformers import AutoModelForSequenceClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .decisions import check_decision_threshold, check_temperature, decide, decision_order
+from .decisions import check_decision_threshold, check_temperature, decide, decision_order, is_multi_label
 from .explanations import DEFAULT_STEPS, explain_pairs
 
 TASK = "image-text-classification"
@@ -45,7 +45,8 @@ class ImageTextClassificationPipeline(Pipeline):
             multi-label checkpoints, softmax otherwise.
         timeout (`float`, *optional*): seconds to wait for an image URL.
         threshold (`float` or `list[float]`, *optional*): the decision threshold for this call, instead of the
-            checkpoint's `config.decision_threshold` (see `decisions.py`); in [0, 1].
+            checkpoint's `config.decision_threshold` (see `decisions.py`); in [0, 1]. Multi-label: one per label,
+            or one for every label.
         temperature (`float`, *optional*): instead of the checkpoint's `config.calibration_temperature` (1.0: raw softmax).
         explain (`bool`, *optional*): also explain the decision (`explanations.py`, plain torch autograd, nothing more
             to install): each pair's result becomes `{"labels": [...], "explanation": Explanation}`, the explanation
@@ -57,6 +58,12 @@ class ImageTextClassificationPipeline(Pipeline):
     the class probabilities `mmfusion.inference.MMFusionPredictor` returns (the checkpoint's temperature applied). The
     first entry is the decision: the most probable class, or with a decision threshold the class it decides (then
     the rest by score).
+
+    Multi-label checkpoints (`config.problem_type == "multi_label_classification"`): the scores are per-label
+    sigmoids, and each entry also says whether its label is predicted, `{"label", "score", "selected"}`:
+    `selected` is true for every label at or above its threshold (the checkpoint's per-label
+    `decision_threshold`, 0.5 without one). The selected labels come first, then the others, each group by score;
+    `[e["label"] for e in result if e["selected"]]` is the predicted label set (possibly empty).
     """
 
     _load_processor = True
@@ -80,7 +87,9 @@ class ImageTextClassificationPipeline(Pipeline):
         preprocess_params = {"timeout": timeout} if timeout is not None else {}
         postprocess_params = {"top_k": top_k}
         if threshold is not None:
-            postprocess_params["threshold"] = check_decision_threshold(threshold, len(self.model.config.id2label))
+            postprocess_params["threshold"] = check_decision_threshold(
+                threshold, len(self.model.config.id2label), multi_label=is_multi_label(self.model.config)
+            )
         if temperature is not None:
             postprocess_params["temperature"] = check_temperature(temperature)
         if function_to_apply is not None:
@@ -148,8 +157,8 @@ class ImageTextClassificationPipeline(Pipeline):
         if threshold is None:
             threshold = getattr(config, "decision_threshold", None)
         logits = model_outputs["logits"][0].float().cpu().numpy().astype(np.float64)
+        multi_label = is_multi_label(config)
         if function_to_apply is None:
-            multi_label = getattr(self.model.config, "problem_type", None) == "multi_label_classification"
             function_to_apply = "sigmoid" if multi_label else "softmax"
         if function_to_apply != "none":
             logits = logits / temperature
@@ -161,6 +170,15 @@ class ImageTextClassificationPipeline(Pipeline):
         else:
             scores = logits
         id2label = {int(index): name for index, name in self.model.config.id2label.items()}
+        if multi_label and function_to_apply == "sigmoid":
+            selected = decide(scores, threshold, multi_label=True)
+            ranked = decision_order(scores, threshold, multi_label=True)
+            if top_k is not None:
+                ranked = ranked[: max(int(top_k), 0)]
+            return [
+                {"label": id2label[index], "score": float(scores[index]), "selected": bool(selected[index])}
+                for index in ranked
+            ]
         if function_to_apply == "none":
             ranked = sorted(range(len(scores)), key=lambda index: -scores[index])
         else:

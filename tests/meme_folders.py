@@ -39,6 +39,41 @@ def make_mami(root):
     return root
 
 
+MAMI_WORDS = ("kitchen", "cliche", "body", "fist")  # one cue word per sub-type, in MAMI_HEADER's order
+
+
+def make_mami_multi_label(root, num_train=32, num_test=16):
+    """A MAMI folder large enough to train sub-task B on: row i has sub-type j when bit j of i is set (every label
+    present and absent in each split, some rows with none); the image colour and a cue word per sub-type carry it."""
+    root = str(root)
+
+    def rows(folder, start, count):
+        lines = []
+        for i in range(start, start + count):
+            bits = [(i >> j) & 1 for j in range(4)]
+            name = f"{i}.jpg"
+            write_image(
+                os.path.join(root, folder, name), color=(60 * bits[0] + 40 * bits[1], 60 * bits[2], 60 * bits[3])
+            )
+            words = " ".join(word for word, bit in zip(MAMI_WORDS, bits) if bit) or "nothing"
+            lines.append((name, int(any(bits)), bits, f"meme {i} {words}"))
+        return lines
+
+    train = rows("TRAINING", 0, num_train)
+    test = rows("test", num_train, num_test)
+    body = "".join(f"{n}\t{m}\t" + "\t".join(map(str, b)) + f"\t{t}\n" for n, m, b, t in train)
+    _write(os.path.join(root, "TRAINING", "training.csv"), f"{MAMI_HEADER}\n{body}", bom=True)
+    _write(
+        os.path.join(root, "test", "Test.csv"),
+        "file_name\tText Transcription\n" + "".join(f"{n}\t{t}\n" for n, _, _, t in test),
+    )
+    _write(
+        os.path.join(root, "test", "test_labels.txt"),
+        "".join(f"{n}\t{m}\t" + "\t".join(map(str, b)) + "\n" for n, m, b, _ in test),
+    )
+    return root
+
+
 HARMEME_TRAIN = [
     {"id": "covid_memes_1", "image": "covid_memes_1.png", "labels": ["not harmful"], "text": "stay home"},
     {"id": "covid_memes_2", "image": "covid_memes_2.png", "labels": ["somewhat harmful", "individual"], "text": "a"},

@@ -8,7 +8,7 @@ from_dataset(ds, image_column="img", text_column="caption", label_column="sentim
 The columns are renamed to `id`, `image`, `text`, `label` (other columns are dropped) and every row is checked by
 the same `rows.RowChecker` as rows from files: the image column may be a `datasets.Image` feature (stored as path or
 bytes), PIL images, or a string column of paths (relative to `base_dir`); the label may be a `ClassLabel`, integers
-or strings. The conversion is a `Dataset.map` with a fingerprint derived from the input's fingerprint, the options
+or strings, or a `List(ClassLabel)` (multi-label, as `mmfusion-data convert` writes MAMI B: kept multi-label). The conversion is a `Dataset.map` with a fingerprint derived from the input's fingerprint, the options
 and a signature of referenced local image files, so `datasets` caches it for on-disk datasets and later feature
 caches keyed on the fingerprint stay correct. Since a cached `map` does not run again, what happened to each row
 travels with it: skipped rows as a struct column (file, row, id, reason), dropped before the result is returned.
@@ -55,11 +55,22 @@ def _as_dataset_dict(dataset: datasets.Dataset | datasets.DatasetDict, split: st
     )
 
 
+def _list_class_label(feature) -> datasets.ClassLabel | None:
+    """The `ClassLabel` of a multi-label column (`List(ClassLabel)`, as `mmfusion-data convert` writes MAMI B)."""
+    inner = getattr(feature, "feature", None) if isinstance(feature, (datasets.List, datasets.Sequence)) else None
+    return inner if isinstance(inner, datasets.ClassLabel) else None
+
+
+def _is_multi_label(dataset_dict: datasets.DatasetDict, label_column: str) -> bool:
+    return any(_list_class_label(ds.features.get(label_column)) is not None for ds in dataset_dict.values())
+
+
 def _class_names_of(dataset_dict: datasets.DatasetDict, label_column: str) -> list[str] | None:
     """Names of a `ClassLabel` label column (the same in every split), or `None` when the labels are raw values."""
     names = None
     for name, dataset in dataset_dict.items():
         feature = dataset.features.get(label_column)
+        feature = _list_class_label(feature) or feature
         if isinstance(feature, datasets.ClassLabel):
             if names is not None and names != feature.names:
                 raise ValueError(f"split {name!r} has ClassLabel names {feature.names}, other splits {names}")
@@ -74,6 +85,9 @@ def _raw_labels(dataset: datasets.Dataset, label_column: str) -> list[Any]:
     values = dataset.data.column(label_column).to_pylist()
     if isinstance(feature, datasets.ClassLabel):  # compare by name, so that a user-given class order can remap
         return [feature.names[v] if v is not None and 0 <= v < feature.num_classes else v for v in values]
+    inner = _list_class_label(feature)
+    if inner is not None:  # multi-label: every class of every row
+        return [inner.names[v] for row in values if row is not None for v in row]
     return values
 
 
@@ -178,6 +192,7 @@ def from_dataset(
         "label_column": label_column,
         "id_column": id_column,
         "class_names": class_names,
+        "multi_label": _is_multi_label(dataset_dict, label_column),
         "base_dir": base_dir,
         "max_image_pixels": max_image_pixels,
         "allow_outside_images": allow_outside_images,
@@ -203,8 +218,11 @@ def _convert_split(
     id_column = options["id_column"] if options["id_column"] in ds.column_names else None
     has_labels = label_column in ds.column_names
     label_feature = ds.features.get(label_column)
+    multi_label = options["multi_label"]
+    label_feature = _list_class_label(label_feature) or label_feature
     label_names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
     labeled = has_labels and any(not is_missing_label(v) and v != -1 for v in ds.data.column(label_column).to_pylist())
+    unlabeled = None if multi_label else -1
     if isinstance(ds.features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))  # the checker wants the raw bytes/path
 
@@ -217,6 +235,7 @@ def _convert_split(
         max_image_pixels=options["max_image_pixels"],
         allow_outside_images=options["allow_outside_images"],
         field_names={"image": image_column, "text": options["text_column"], "label": label_column},
+        multi_label=multi_label,
     )
     base_dir = options["base_dir"]
 
@@ -229,6 +248,8 @@ def _convert_split(
             label = batch[label_column][position] if has_labels else MISSING
             if label_names is not None and isinstance(label, int) and 0 <= label < len(label_names):
                 label = label_names[label]  # ClassLabel index -> name, re-encoded against the target class order
+            elif label_names is not None and multi_label and isinstance(label, list):
+                label = [label_names[v] if isinstance(v, int) and 0 <= v < len(label_names) else v for v in label]
             row = RawRow(
                 file=description,
                 row=index,
@@ -244,7 +265,7 @@ def _convert_split(
                 skipped = checker.report.skipped[-1]
                 out[_BAD_COLUMN].append({key: skipped.get(key) for key in _BAD_ROW_FEATURE})
                 out[_CONVERTED_COLUMN].append(False)
-                example = {"id": skipped["id"], "image": None, "text": "", "label": -1}
+                example = {"id": skipped["id"], "image": None, "text": "", "label": unlabeled}
             else:
                 out[_BAD_COLUMN].append(None)
                 out[_CONVERTED_COLUMN].append(outcome[1].converted)
@@ -252,7 +273,7 @@ def _convert_split(
                 out[key].append(value)
         return out
 
-    features = image_text_features(options["class_names"])
+    features = image_text_features(options["class_names"], multi_label=multi_label)
     features[_BAD_COLUMN] = _BAD_ROW_FEATURE
     features[_CONVERTED_COLUMN] = datasets.Value("bool")
     signature = files_signature(_local_image_paths(ds, image_column, base_dir))
@@ -277,5 +298,5 @@ def _convert_split(
     report.num_rows = len(mapped)
     report.num_images_converted = sum(mapped.with_format("arrow")[_CONVERTED_COLUMN].to_pylist())
     report.num_empty_text = sum(not text.strip() for text in mapped.with_format("arrow")["text"].to_pylist())
-    report.num_unlabeled = sum(label == -1 for label in mapped.with_format("arrow")["label"].to_pylist())
+    report.num_unlabeled = sum(label == unlabeled for label in mapped.with_format("arrow")["label"].to_pylist())
     return mapped.remove_columns([_BAD_COLUMN, _CONVERTED_COLUMN]), report

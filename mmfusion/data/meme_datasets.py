@@ -648,9 +648,13 @@ def task_table() -> str:
     for layout in LAYOUTS.values():
         names = [layout.default_task, *(t for t in layout.tasks if t != layout.default_task)]
         tasks = "; ".join(f"`{t}`: {layout.tasks[t].description}" for t in names)
-        command = (
-            f"`python train.py --dataset data/{layout.name} --task {layout.default_task}`; "
-            f"`python -m mmfusion.training.sweep configs/meme_{layout.name}.yaml`"
+        multi_label = [t for t in names if layout.tasks[t].is_multi_label]
+        command = "; ".join(
+            [
+                f"`python train.py --dataset data/{layout.name} --task {layout.default_task}`",
+                *(f"`python train.py --dataset data/{layout.name} --task {t}` (multi-label)" for t in multi_label),
+                f"`python -m mmfusion.training.sweep configs/meme_{layout.name}.yaml`",
+            ]
         )
         lines.append(f"| {layout.title} (`{layout.name}`) | {layout.files} | {tasks} | {command} |")
     return "\n".join(lines)

@@ -20,7 +20,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..configuration_mmfusion import MMFusionConfig
 from ..files import atomic_write_text
 from ..fusions import FUSIONS
-from .report import ablation_markdown, headline_metric_names, unimodal_markdown
+from .report import (
+    ablation_markdown,
+    headline_metric_names,
+    multi_label_thresholds_line,
+    per_label_markdown,
+    unimodal_markdown,
+)
 from .seeds import SeedSummary
 from .tables import markdown_table
 
@@ -36,7 +42,11 @@ _HUB_METRICS = {
     "precision": ("precision", "Precision", None),
     "recall": ("recall", "Recall", None),
     "macro_f1": ("f1", "Macro F1", {"average": "macro"}),
+    "subset_accuracy": ("accuracy", "Subset accuracy", None),
+    "micro_f1": ("f1", "Micro F1", {"average": "micro"}),
+    "macro_auroc": ("roc_auc", "Macro AUROC", {"average": "macro"}),
 }
+MULTI_LABEL_HUB_METRICS = ("subset_accuracy", "micro_f1", "macro_f1", "macro_auroc")
 
 
 def is_hateful_memes(dataset_name: str) -> bool:
@@ -86,12 +96,16 @@ def eval_results_from_report(
     """One `EvalResult` per labeled split and headline metric; the training split and undefined values (AUROC of a
     single-class split) are left out."""
     label_names = eval_report["label_names"]
-    binary = len(label_names) == 2
+    multi_label = bool(eval_report.get("multi_label"))
+    binary = len(label_names) == 2 and not multi_label
+    keys = ("accuracy", "auroc", "f1", "precision", "recall") if binary else ("accuracy", "macro_f1")
+    if multi_label:
+        keys = MULTI_LABEL_HUB_METRICS
     results = []
     for split, entry in eval_report["splits"].items():
         if not entry.get("labeled") or "metrics" not in entry or split in TRAINING_SPLITS:
             continue
-        for key in ("accuracy", "auroc", "f1", "precision", "recall") if binary else ("accuracy", "macro_f1"):
+        for key in keys:
             value = entry["metrics"].get(key)
             if value is None:
                 continue
@@ -116,8 +130,15 @@ def eval_results_from_report(
 
 def _results_table(eval_report: dict) -> str:
     label_names = eval_report["label_names"]
-    headline = [key for key in headline_metric_names(label_names) if not key.startswith("f1_")]
-    rows = []
+    multi_label = bool(eval_report.get("multi_label"))
+    headline = [key for key in headline_metric_names(label_names, multi_label) if not key.startswith("f1_")]
+    baseline_keys = {
+        "random_macro_f1" if multi_label else "random_accuracy": "random-guess "
+        + ("macro F1" if multi_label else "accuracy"),
+        "majority_subset_accuracy" if multi_label else "majority_accuracy": "majority-"
+        + ("label-set subset accuracy" if multi_label else "class accuracy"),
+    }
+    rows, per_label = [], []
     for split, entry in eval_report["splits"].items():
         if not entry.get("labeled"):
             continue
@@ -127,15 +148,18 @@ def _results_table(eval_report: dict) -> str:
                 f"{split} (training data)" if split in TRAINING_SPLITS else split,
                 entry.get("num_labeled", entry["num_examples"]),
                 *(entry["metrics"].get(key) for key in headline),
-                baselines.get("random_accuracy"),
-                baselines.get("majority_accuracy"),
+                *(baselines.get(key) for key in baseline_keys),
             ]
         )
+        if multi_label and split not in TRAINING_SPLITS:
+            table = per_label_markdown(entry)
+            per_label += [f"### Per label: {split}", "", *table[2:]]
     if not rows:
         return "No labeled evaluation split."
-    header = ["split", "examples", *headline, "random-guess accuracy", "majority-class accuracy"]
+    header = ["split", "examples", *headline, *baseline_keys.values()]
     # with --unimodal_baselines: the fused model against text-only and image-only models trained the same way
-    return "\n".join([*markdown_table(header, rows), *unimodal_markdown(eval_report)[2:]]).rstrip()
+    lines = [*markdown_table(header, rows), *per_label, *unimodal_markdown(eval_report)[2:]]
+    return "\n".join(lines).rstrip()
 
 
 def _training_table(training_summary: dict | None) -> str:
@@ -175,7 +199,8 @@ def _sections(config: MMFusionConfig, eval_report: dict, dataset_name: str, base
     else:
         training_data = f"`{dataset_name}`: image+caption pairs with {len(label_names)} classes."
     training_data += f"\n\nEvaluated splits: {split_sizes}."
-    binary = len(label_names) == 2
+    multi_label = bool(eval_report.get("multi_label"))
+    binary = len(label_names) == 2 and not multi_label
     results_intro = (
         "Predicted class = the most probable one. "
         + (
@@ -186,6 +211,15 @@ def _sections(config: MMFusionConfig, eval_report: dict, dataset_name: str, base
         )
         + " Baselines: uniformly random guesses and always predicting the majority class."
     )
+    if multi_label:
+        results_intro = (
+            "Multi-label: every label scores independently (sigmoid), and a row gets every label at or above its "
+            "threshold, possibly none. "
+            + multi_label_thresholds_line(eval_report.get("decision"))
+            + " Subset accuracy counts a row right only when its whole label set is; micro F1 pools every (row, "
+            "label) decision, macro F1 and macro AUROC average the labels. Baselines: each label flagged at random "
+            "(macro F1) and always predicting the most frequent label set (subset accuracy)."
+        )
     ablations = [
         {"split": name, "markdown": "\n".join(ablation_markdown(entry, label_names)).rstrip()}
         for name, entry in splits.items()
@@ -271,6 +305,8 @@ def _sections(config: MMFusionConfig, eval_report: dict, dataset_name: str, base
         "limitations": limitations,
         "ethics": ethics,
         "hateful": hateful,
+        # multi-label: independent sigmoids (softmax otherwise)
+        "score_expression": ".sigmoid()[0]" if multi_label else ".softmax(dim=-1)[0]",
     }
 
 
@@ -327,9 +363,16 @@ def write_model_card(
     )
     sections = _sections(config, eval_report, dataset_name, base_models)
     task = "hateful-meme detection" if hateful else f"{len(label_names)}-class image+text classification"
+    if eval_report.get("multi_label"):
+        task = f"{len(label_names)}-label (multi-label) image+text classification"
+    objective = (
+        "the binary cross-entropy of each label (multi-label)"
+        if eval_report.get("multi_label")
+        else "the cross-entropy of the class labels"
+    )
     procedure = (
-        "Fine-tuned with the Hugging Face `Trainer` (mmfusion's `train.py`) on the cross-entropy of the class "
-        f"labels; model selection on the validation `{eval_report.get('primary_metric', 'accuracy')}`."
+        f"Fine-tuned with the Hugging Face `Trainer` (mmfusion's `train.py`) on {objective}; model selection on the "
+        f"validation `{eval_report.get('primary_metric', 'accuracy')}`."
     )
     card = ModelCard.from_template(
         card_data,

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 # Eval metrics drawn against the epoch, when logged (per-class metrics would crowd the plot).
-HEADLINE_EVAL_METRICS = ("accuracy", "auroc", "f1", "precision", "recall", "macro_f1")
+HEADLINE_EVAL_METRICS = ("accuracy", "auroc", "f1", "precision", "recall", "macro_f1", "micro_f1", "macro_auroc")
 _EVAL_BOOKKEEPING = ("loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
 
 

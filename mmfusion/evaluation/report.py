@@ -10,6 +10,14 @@
 - `eval_report.md`: the same as markdown tables,
 - `confusion_matrix_<split>.png` for every labeled split and `training_curves.png` from the Trainer's
   `log_history` (when given and not empty).
+
+Multi-label models (`Predictions.multi_label`): the metrics are subset accuracy, micro/macro F1, precision, recall
+and AUROC at the per-label thresholds in force; the per-class table becomes a per-label table (F1, precision,
+recall, AUROC, threshold, support, predicted) with micro and macro rows; there is no confusion matrix (a row may
+have several labels or none, so there is no single true/predicted cell to count it in: the per-label table gives
+each label's true/false positives instead) and no calibration section (temperature scaling is not fitted for them);
+the modality ablation reads macro AUROC, and an error is a row whose predicted label set differs from the true one,
+ranked by its most confident wrong label.
 """
 
 from __future__ import annotations
@@ -23,16 +31,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from ..decisions import is_multi_label
 from ..files import atomic_write_text
 from .ablation import ABLATION_TITLES, ABLATIONS, VERDICTS, modality_verdict, share_kept
 from .calibration import expected_calibration_error, negative_log_likelihood, reliability_bins
 from .metrics import (
     BINARY_METRICS,
     MULTICLASS_METRICS,
+    MULTILABEL_METRICS,
     baseline_metrics,
     best_model_metric,
     classification_metrics,
     metric_key,
+    multi_label_baselines,
+    multi_label_metrics,
+    multi_label_per_label_table,
     per_class_table,
 )
 from .plots import plot_confusion_matrix, plot_operating_curves, plot_reliability, plot_training_curves
@@ -66,8 +79,17 @@ def _distribution(classes: np.ndarray, label_names: Sequence[str]) -> dict[str, 
     return {str(name): int(counts[i]) for i, name in enumerate(label_names)}
 
 
-def headline_metric_names(label_names: Sequence[str]) -> list[str]:
-    """The metrics shown in tables: the binary set, or accuracy, macro F1 and the per-class F1s."""
+NO_CONFUSION_MATRIX = (
+    "No confusion matrix: a multi-label row may have several labels or none, so it has no single true/predicted "
+    "cell; the per-label table above counts each label's true and false positives instead."
+)
+
+
+def headline_metric_names(label_names: Sequence[str], multi_label: bool = False) -> list[str]:
+    """The metrics shown in tables: the binary set, or accuracy, macro F1 and the per-class F1s (multi-label: subset
+    accuracy, micro/macro F1 and AUROC, and the per-label F1s)."""
+    if multi_label:
+        return [*MULTILABEL_METRICS, *(f"f1_{metric_key(name)}" for name in label_names)]
     if len(label_names) == 2:
         return list(BINARY_METRICS)
     return [*MULTICLASS_METRICS, *(f"f1_{metric_key(name)}" for name in label_names)]
@@ -75,7 +97,19 @@ def headline_metric_names(label_names: Sequence[str]) -> list[str]:
 
 def chance_level(metric: str, labels: np.ndarray, num_classes: int) -> float:
     """What guessing scores on `metric`: 0.5 AUROC, the majority-class accuracy, or the expected macro F1 of
-    uniform random guesses (class c: precision = its share p_c, recall = 1/C, so F1_c = 2 p_c / (1 + C p_c))."""
+    uniform random guesses (class c: precision = its share p_c, recall = 1/C, so F1_c = 2 p_c / (1 + C p_c)).
+    Multi-hot `labels` (multi-label): 0.5 for the AUROCs; for macro F1, each label flagged at random with
+    probability 1/2 (F1_c = 2 p_c / (1 + 2 p_c)); subset accuracy: the most frequent label set's share."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[(labels >= 0).all(axis=1)]
+        if metric.endswith("auroc"):
+            return 0.5
+        shares = labels.mean(axis=0) if labels.size else np.zeros(labels.shape[1])
+        if metric == "macro_f1":
+            return float(np.mean(2 * shares / (1 + 2 * shares)))
+        _, counts = np.unique(labels, axis=0, return_counts=True)
+        return float(counts.max() / max(labels.shape[0], 1)) if counts.size else 0.0
     labels = labels[labels >= 0]
     shares = np.bincount(labels, minlength=num_classes) / max(labels.size, 1)
     if metric == "auroc":
@@ -101,9 +135,12 @@ def modality_reliance(
     and human-readable `notes`.
     """
     full = ablation_metrics["full"]
-    metric = best_model_metric(len(label_names))
-    if metric == "auroc" and not all(math.isfinite(m.get("auroc", math.nan)) for m in ablation_metrics.values()):
-        metric = "accuracy"
+    multi_label = np.asarray(labels).ndim == 2
+    metric = best_model_metric(len(label_names), multi_label)
+    if metric in ("auroc", "macro_auroc") and not all(
+        math.isfinite(m.get(metric, math.nan)) for m in ablation_metrics.values()
+    ):
+        metric = "macro_f1" if multi_label else "accuracy"
     chance = chance_level(metric, labels, len(label_names))
     result = {"metric": metric, "chance": chance, "retained": {}, "agreement": dict(agreement), "notes": []}
     notes = result["notes"]
@@ -157,6 +194,95 @@ def _most_confident_errors(split: Predictions, label_names: Sequence[str], count
     ]
 
 
+def _label_set(row: np.ndarray, label_names: Sequence[str]) -> str:
+    names = [str(label_names[i]) for i in np.flatnonzero(row > 0)]
+    return ", ".join(names) if names else "(none)"
+
+
+def _most_confident_multi_label_errors(split: Predictions, label_names: Sequence[str], count: int) -> list[dict]:
+    """Rows whose predicted label set differs from the true one, by the confidence of their worst wrong label (a
+    label flagged with probability p: p; a label missed: 1 - p)."""
+    predicted, truth, probabilities = split.label_ids, split.true_labels, split.probabilities
+    wrong = (predicted != truth) & split.labeled[:, None]
+    confidence = np.where(wrong, np.where(predicted == 1, probabilities, 1 - probabilities), -1.0)
+    rows = np.flatnonzero(wrong.any(axis=1))
+    worst = confidence[rows].argmax(axis=1)
+    order = np.argsort(-confidence[rows, worst], kind="stable")[: max(count, 0)]
+    errors = []
+    for position in order:
+        i, label = int(rows[position]), int(worst[position])
+        errors.append(
+            {
+                "id": split.ids[i],
+                "text": split.texts[i],
+                "true_label": _label_set(truth[i], label_names),
+                "predicted_label": _label_set(predicted[i], label_names),
+                "label": str(label_names[label]),
+                "error": "false positive" if predicted[i, label] == 1 else "missed",
+                "probability": float(probabilities[i, label]),
+            }
+        )
+    return errors
+
+
+def _multi_label_distribution(matrix: np.ndarray, label_names: Sequence[str]) -> dict[str, int]:
+    """Rows per label, and rows with no label (`(none)`)."""
+    matrix = np.asarray(matrix).reshape(-1, len(label_names))
+    counts = {str(name): int((matrix[:, i] > 0).sum()) for i, name in enumerate(label_names)}
+    counts["(none)"] = int((~(matrix > 0).any(axis=1)).sum())
+    return counts
+
+
+def multi_label_split_report(
+    name: str,
+    split: Predictions,
+    label_names: Sequence[str],
+    ablations: dict[str, np.ndarray] | None = None,
+    num_errors: int = 10,
+) -> dict:
+    """`split_report` of a multi-label model's split (see the module docstring)."""
+    predicted = split.label_ids
+    report = {
+        "labeled": bool(split.labeled.any()),
+        "num_examples": len(split.ids),
+        "predicted_distribution": _multi_label_distribution(predicted, label_names),
+    }
+    if not report["labeled"]:
+        return report
+    mask = split.labeled
+    labels = split.true_labels
+    threshold = split.threshold
+    report["num_labeled"] = int(mask.sum())
+    report["label_distribution"] = _multi_label_distribution(labels[mask], label_names)
+    report["metrics"] = multi_label_metrics(split.probabilities, labels, label_names, threshold)
+    report["baselines"] = multi_label_baselines(labels, label_names)
+    report["per_class"] = multi_label_per_label_table(split.probabilities, labels, label_names, threshold)
+    report["confusion_matrix"] = None
+    report["confusion_matrix_note"] = NO_CONFUSION_MATRIX
+    if ablations:
+        table = {"full": report["metrics"]}
+        agreement = {}
+        for ablation in ABLATIONS:
+            if ablation == "full" or ablation not in ablations:
+                continue
+            table[ablation] = multi_label_metrics(ablations[ablation], labels, label_names, threshold)
+            decided = Predictions(
+                split.ids, ablations[ablation], label_names, threshold=threshold, multi_label=True
+            ).label_ids
+            agreement[ablation] = float((decided == predicted).all(axis=1).mean())
+        prior = None
+        if "both_blanked" in ablations:
+            decided = Predictions(
+                split.ids, ablations["both_blanked"], label_names, threshold=threshold, multi_label=True
+            ).label_ids
+            sets, counts = np.unique(decided, axis=0, return_counts=True)
+            prior = _label_set(sets[int(counts.argmax())], label_names)
+        report["ablations"] = table
+        report["modality_reliance"] = modality_reliance(table, agreement, labels[mask], label_names, prior)
+    report["most_confident_errors"] = _most_confident_multi_label_errors(split, label_names, num_errors)
+    return report
+
+
 def _check_ablations(
     ablations: dict[str, dict[str, np.ndarray]] | None, predictions: dict[str, Predictions]
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -191,6 +317,8 @@ def split_report(
             f"Split {name!r}: probabilities have {split.probabilities.shape[1]} columns for {len(label_names)} "
             f"classes {list(label_names)}."
         )
+    if split.multi_label:
+        return multi_label_split_report(name, split, label_names, ablations, num_errors)
     predicted = split.label_ids  # decided with the split's threshold (argmax without one)
     report = {
         "labeled": bool(split.labeled.any()),
@@ -235,8 +363,9 @@ def split_report(
 
 
 def calibration_entry(split: Predictions) -> dict:
-    """ECE and NLL of the split's scores before temperature scaling (its logits) and after (its probabilities)."""
-    if split.logits is None or not split.labeled.any():
+    """ECE and NLL of the split's scores before temperature scaling (its logits) and after (its probabilities);
+    none for a multi-label model (no temperature is fitted for it)."""
+    if split.logits is None or split.multi_label or not split.labeled.any():
         return {}
     before = probabilities_from_logits(split.logits, dtype="float64")
     labels = split.true_labels
@@ -262,7 +391,7 @@ def _write_split_figures(output_dir: Path, split_name: str, split: Predictions, 
         filename = f"reliability_{part}.png"
         plot_reliability(bins, output_dir / filename, title=f"Reliability diagram: {split_name}")
         entry["calibration"]["reliability_plot"] = filename
-    if len(label_names) != 2:
+    if len(label_names) != 2 or split.multi_label:
         return
     mask = split.labeled
     scores, positives = split.probabilities[mask, 1], split.true_labels[mask] == 1
@@ -285,9 +414,12 @@ def _percent(value) -> str:
     return "n/a" if value is None else f"{value:.0%}"
 
 
-def ablation_markdown(split: dict, label_names: Sequence[str]) -> list[str]:
-    """The ablation table of one split's report entry and its reading, as markdown lines."""
-    headline = headline_metric_names(label_names)
+def ablation_markdown(split: dict, label_names: Sequence[str], multi_label: bool | None = None) -> list[str]:
+    """The ablation table of one split's report entry and its reading, as markdown lines (`multi_label`: None reads
+    it from the split's metrics)."""
+    if multi_label is None:
+        multi_label = "subset_accuracy" in split["ablations"].get("full", {})
+    headline = headline_metric_names(label_names, multi_label)
     reliance = split["modality_reliance"]
     rows = []
     for name, metrics in split["ablations"].items():
@@ -352,6 +484,54 @@ def calibration_markdown(split_name: str, split: dict, decision: dict | None) ->
     return lines
 
 
+def multi_label_thresholds_line(decision: dict | None) -> str:
+    """How a multi-label model's per-label thresholds were chosen, for the report and the card."""
+    decision = decision or {}
+    thresholds = decision.get("decision_threshold")
+    if thresholds is None:
+        return "Labels are predicted at probability >= 0.5 each (no per-label thresholds were chosen)."
+    split = (decision.get("decision_figures") or {}).get("split")
+    where = f" on `{split}`" if split else ""
+    return (
+        f"Each label is predicted when its probability reaches its own threshold (policy "
+        f"`{decision.get('decision_policy') or 'fixed'}`{where}; the `threshold` column); the metrics are at those "
+        "thresholds, except AUROC, which takes none."
+    )
+
+
+def per_label_markdown(split: dict) -> list[str]:
+    """A multi-label split's per-label table, with its micro and macro rows."""
+    metrics = split["metrics"]
+    rows = [
+        [
+            row["label"],
+            row["f1"],
+            row["precision"],
+            row["recall"],
+            row["auroc"],
+            row["threshold"],
+            row["support"],
+            row["predicted"],
+        ]
+        for row in split["per_class"]
+    ]
+    for average in ("micro", "macro"):
+        rows.append(
+            [
+                f"**{average}**",
+                metrics.get(f"{average}_f1"),
+                metrics.get(f"{average}_precision"),
+                metrics.get(f"{average}_recall"),
+                metrics.get(f"{average}_auroc"),
+                "",
+                "",
+                "",
+            ]
+        )
+    header = ["label", "F1", "precision", "recall", "AUROC", "threshold", "support", "predicted"]
+    return ["### Per label", "", *markdown_table(header, rows)]
+
+
 UNIMODAL_TITLES = {"text": "text-only", "image": "image-only"}
 
 
@@ -376,8 +556,9 @@ def unimodal_markdown(report: dict) -> list[str]:
     comparison = report.get("unimodal_baselines")
     if not comparison:
         return []
-    headline = [key for key in headline_metric_names(report["label_names"]) if not key.startswith("f1_")]
-    if len(report["label_names"]) > 2:
+    multi_label = bool(report.get("multi_label"))
+    headline = [key for key in headline_metric_names(report["label_names"], multi_label) if not key.startswith("f1_")]
+    if len(report["label_names"]) > 2 or multi_label:
         headline = [*headline, *(f"f1_{metric_key(name)}" for name in report["label_names"])]
     models = list(dict.fromkeys(model for rows in comparison.values() for model in rows))
     header = ["model", *(f"{split} {metric}" for split in comparison for metric in headline)]
@@ -397,12 +578,16 @@ def render_markdown(report: dict, seed_summary: SeedSummary | None = None) -> st
     """`eval_report.md` from a report dict (as returned by `write_eval_report`), ending with `seed_summary` (the
     spread of the metrics over the seeds the run was repeated with, by the sweep) when given."""
     label_names = report["label_names"]
+    multi_label = bool(report.get("multi_label"))
     lines = [
         "# Evaluation report",
         "",
-        f"Classes: {', '.join(f'`{name}`' for name in label_names)}. Headline metric: `{report['primary_metric']}`.",
+        f"{'Labels (multi-label: each row has any number of them)' if multi_label else 'Classes'}: "
+        f"{', '.join(f'`{name}`' for name in label_names)}. Headline metric: `{report['primary_metric']}`.",
         "",
     ]
+    if multi_label:
+        lines += [multi_label_thresholds_line(report.get("decision")), ""]
     lines += unimodal_markdown(report)
     for split_name, split in report["splits"].items():
         if not split["labeled"]:
@@ -423,19 +608,25 @@ def render_markdown(report: dict, seed_summary: SeedSummary | None = None) -> st
         rows = [[key, value] for key, value in split["metrics"].items()]
         rows += [[f"baseline: {key}", value] for key, value in split["baselines"].items()]
         lines += markdown_table(["metric", "value"], rows)
-        lines += ["### Per class", ""]
-        lines += markdown_table(
-            ["class", "precision", "recall", "f1", "support", "predicted"],
-            [
-                [row["label"], row["precision"], row["recall"], row["f1"], row["support"], predicted]
-                for row, predicted in zip(split["per_class"], split["predicted_distribution"].values())
-            ],
-        )
-        lines += ["### Confusion matrix (rows: true, columns: predicted)", ""]
-        lines += markdown_table(
-            ["true \\ predicted", *label_names],
-            [[name, *counts] for name, counts in zip(label_names, split["confusion_matrix"])],
-        )
+        if multi_label:
+            lines += per_label_markdown(split)
+        else:
+            lines += ["### Per class", ""]
+            lines += markdown_table(
+                ["class", "precision", "recall", "f1", "support", "predicted"],
+                [
+                    [row["label"], row["precision"], row["recall"], row["f1"], row["support"], predicted]
+                    for row, predicted in zip(split["per_class"], split["predicted_distribution"].values())
+                ],
+            )
+        if split.get("confusion_matrix") is None:
+            lines += [split.get("confusion_matrix_note", NO_CONFUSION_MATRIX), ""]
+        else:
+            lines += ["### Confusion matrix (rows: true, columns: predicted)", ""]
+            lines += markdown_table(
+                ["true \\ predicted", *label_names],
+                [[name, *counts] for name, counts in zip(label_names, split["confusion_matrix"])],
+            )
         if split.get("confusion_matrix_plot"):
             lines += [f"![Confusion matrix, {split_name}]({split['confusion_matrix_plot']})", ""]
         lines += operating_point_markdown(split_name, split, report.get("decision"))
@@ -448,10 +639,31 @@ def render_markdown(report: dict, seed_summary: SeedSummary | None = None) -> st
                 "one the model does not rely on.",
                 "",
             ]
-            lines += ablation_markdown(split, label_names)
+            lines += ablation_markdown(split, label_names, multi_label)
         errors = split["most_confident_errors"]
         lines += [f"### Most confident errors ({len(errors)})", ""]
-        if errors:
+        if errors and multi_label:
+            lines += [
+                "Rows whose predicted label set differs from the true one, by their most confident wrong label "
+                "(flagged: its probability; missed: one minus it).",
+                "",
+            ]
+            lines += markdown_table(
+                ["id", "text", "true", "predicted", "worst label", "error", "probability"],
+                [
+                    [
+                        e["id"],
+                        e["text"],
+                        e["true_label"],
+                        e["predicted_label"],
+                        e["label"],
+                        e["error"],
+                        e["probability"],
+                    ]
+                    for e in errors
+                ],
+            )
+        elif errors:
             lines += markdown_table(
                 ["id", "text", "true", "predicted", "probability"],
                 [[e["id"], e["text"], e["true_label"], e["predicted_label"], e["probability"]] for e in errors],
@@ -523,10 +735,12 @@ def write_eval_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     label_names = [str(name) for name in label_names]
     ablations = _check_ablations(ablations, predictions)
+    multi_label = any(split.multi_label for split in predictions.values()) or is_multi_label(config)
     report = {
         "label_names": label_names,
         "num_labels": len(label_names),
-        "primary_metric": best_model_metric(len(label_names)),
+        "multi_label": multi_label,
+        "primary_metric": best_model_metric(len(label_names), multi_label),
         "splits": {},
         "training_curves_plot": None,
     }
@@ -547,11 +761,15 @@ def write_eval_report(
         if split_name in (overlap or {}):  # rows also in train (same id, image and text) inflate every metric
             entry["also_in_train"] = {"count": len(overlap[split_name]), "ids": list(overlap[split_name])[:20]}
         if entry["labeled"]:
-            filename = f"confusion_matrix_{_safe_file_part(split_name)}.png"
-            plot_confusion_matrix(
-                entry["confusion_matrix"], label_names, output_dir / filename, title=f"Confusion matrix: {split_name}"
-            )
-            entry["confusion_matrix_plot"] = filename
+            if entry.get("confusion_matrix") is not None:
+                filename = f"confusion_matrix_{_safe_file_part(split_name)}.png"
+                plot_confusion_matrix(
+                    entry["confusion_matrix"],
+                    label_names,
+                    output_dir / filename,
+                    title=f"Confusion matrix: {split_name}",
+                )
+                entry["confusion_matrix_plot"] = filename
             _write_split_figures(output_dir, split_name, split, entry, label_names)
         report["splits"][split_name] = entry
     if unimodal_baselines:
@@ -572,6 +790,9 @@ __all__ = [
     "ablation_markdown",
     "chance_level",
     "headline_metric_names",
+    "multi_label_split_report",
+    "multi_label_thresholds_line",
+    "per_label_markdown",
     "modality_reliance",
     "render_markdown",
     "split_report",

@@ -9,7 +9,10 @@ A policy (`train.py --decision_threshold`) is a number in [0, 1] (used as is) or
   `fpr=0.01`).
 
 Two classes: the threshold is on the probability of class 1 (the positive class, e.g. `hateful`). More classes: one
-threshold per class, each chosen one vs rest (see `mmfusion.decisions` for how they decide). Candidates are the
+threshold per class, each chosen one vs rest (see `mmfusion.decisions` for how they decide). Multi-label models: one
+threshold per label, each chosen on that label's sigmoid alone (`fit_multi_label_thresholds`; train.py's default
+policy for them is `max_f1`); a label the split holds no positive (or no negative) example of cannot be fitted and
+keeps 0.5, which the figures record (`fitted: false`, with the reason) and the log says. Candidates are the
 split's distinct scores (scikit-learn's `roc_curve`, every point kept); the threshold returned lies halfway between
 the chosen score and the next lower one, so the same examples are flagged on the split and a score a hair off (ONNX
 vs PyTorch rounding) does not flip. A target the split cannot meet raises `UnreachableTargetError` naming the best
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from ..decisions import check_decision_threshold, decide
+from ..decisions import DEFAULT_MULTI_LABEL_THRESHOLD, check_decision_threshold, decide
 
 POLICIES = ("max_f1", "precision", "recall", "fpr")
 
@@ -201,6 +204,54 @@ def fit_decision_threshold(probabilities, labels, policy, label_names: Sequence[
     return threshold, figures
 
 
+def fit_multi_label_thresholds(probabilities, labels, policy, label_names: Sequence[str], split: str | None = None):
+    """One threshold per label of a multi-label model, each chosen by `policy` on that label's probabilities.
+
+    `labels`: multi-hot `(N, L)` (rows with -1 unlabeled, left out). Returns `(thresholds, figures)`: a list of L
+    floats, and the policy, split, subset accuracy and per label the figures at its threshold (`fitted: false` and a
+    `note` for a label left at 0.5 because the split has only one class of it). Raises `UnreachableTargetError`
+    (naming the label) when a target cannot be met for a label the split does hold both classes of.
+    """
+    policy = parse_policy(policy)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    keep = (labels >= 0).all(axis=1)
+    probabilities, labels = probabilities[keep], labels[keep]
+    thresholds, per_label = [], {}
+    for index, name in enumerate(label_names):
+        scores, positives = probabilities[:, index], labels[:, index] == 1
+        note = None
+        if policy.kind != "fixed" and (positives.all() or not positives.any()):
+            missing = "positive" if not positives.any() else "negative"
+            note = (
+                f"not fitted: the split has no {missing} example of this label; kept {DEFAULT_MULTI_LABEL_THRESHOLD}"
+            )
+            threshold = DEFAULT_MULTI_LABEL_THRESHOLD
+        else:
+            try:
+                threshold = fit_binary_threshold(scores, positives, policy)
+            except UnreachableTargetError as error:
+                where = f" on {split}" if split else ""
+                raise UnreachableTargetError(f"label {name!r}{where}: {error}") from None
+        thresholds.append(float(threshold))
+        figures = point_figures(scores, positives, threshold)
+        # undefined figures (recall of a label without positives) as None: the config is JSON
+        figures = {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in figures.items()}
+        figures["fitted"] = note is None and policy.kind != "fixed"
+        if note:
+            figures["note"] = note
+        per_label[str(name)] = figures
+    decided = decide(probabilities, thresholds, multi_label=True)
+    figures = {
+        "policy": str(policy),
+        "split": split,
+        "num_examples": int(labels.shape[0]),
+        "subset_accuracy": float((decided == labels).all(axis=1).mean()) if labels.size else math.nan,
+        "per_class": per_label,
+    }
+    return thresholds, figures
+
+
 def operating_point_report(probabilities, labels, threshold, label_names: Sequence[str]) -> dict:
     """What a stored threshold gives on a labeled split: per positive class precision/recall/FPR/F1, and accuracy."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -227,6 +278,7 @@ __all__ = [
     "UnreachableTargetError",
     "fit_binary_threshold",
     "fit_decision_threshold",
+    "fit_multi_label_thresholds",
     "operating_point_report",
     "operating_points",
     "parse_policy",

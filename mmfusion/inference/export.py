@@ -36,6 +36,7 @@ from transformers import HfArgumentParser
 
 from ..data.options import LoaderArguments
 from ..evaluation.ablation import blank_image
+from ..evaluation.predictions import has_label
 from .backends import INT8_ONNX_FILENAME, MODEL_INPUT_NAMES, ONNX_FILENAME, OnnxBackend
 from .quantization import CALIBRATION_METHODS, DEFAULT_OP_TYPES, quantize_int8, quantize_int8_static
 
@@ -272,7 +273,7 @@ def calibration_and_held_out(
     calibration_rows = pool.select(sorted(order[:calibration_size]))
 
     def labeled(dataset) -> bool:
-        return "label" in dataset.column_names and len(dataset) > 0 and max(dataset["label"]) >= 0
+        return "label" in dataset.column_names and len(dataset) > 0 and any(map(has_label, dataset["label"]))
 
     ordered = [name for name in _HELD_OUT_SPLITS if name in dataset_dict] + names
     held_out_split = next(
@@ -298,7 +299,7 @@ def compare_int8_with_fp32(
     output_dir: Path, split: str, dataset, *, source: str, int8_file: str = INT8_ONNX_FILENAME
 ) -> dict:
     """`int8_file` (`model_int8.onnx`) against `model.onnx` on `dataset`: label agreement, metrics of both, change."""
-    from ..evaluation.metrics import classification_metrics
+    from ..evaluation.metrics import classification_metrics, multi_label_metrics
     from .predictor import MMFusionPredictor
 
     if len(dataset) == 0:
@@ -316,8 +317,13 @@ def compare_int8_with_fp32(
         "max_abs_probability_difference": float(np.abs(fp32.probabilities - int8.probabilities).max()),
     }
     labels = fp32.true_labels
-    if labels is not None and (labels >= 0).any():
-        metrics = {name: classification_metrics(r.probabilities, labels, r.label_names) for name, r in results.items()}
+    if labels is not None and fp32.labeled.any():
+        metrics = {}
+        for name, r in results.items():
+            if r.multi_label:  # at the checkpoint's per-label thresholds
+                metrics[name] = multi_label_metrics(r.probabilities, labels, r.label_names, r.threshold)
+            else:
+                metrics[name] = classification_metrics(r.probabilities, labels, r.label_names)
         evaluation["fp32"], evaluation["int8"] = metrics["fp32"], metrics["int8"]
         evaluation["metric_change"] = {key: metrics["int8"][key] - metrics["fp32"][key] for key in metrics["fp32"]}
     return evaluation

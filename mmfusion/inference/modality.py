@@ -1,7 +1,8 @@
 """Which modality drove one decision: predict again with the image blanked, the caption emptied, and both.
 
 Blanking and the verdict are the evaluation report's (`mmfusion.evaluation.ablation`), applied to one pair: the
-score is the predicted class's probability and chance is 1 / number of classes.
+score is the predicted class's probability and chance is 1 / number of classes (multi-label: the most probable
+predicted label's sigmoid, chance 0.5).
 """
 
 from __future__ import annotations
@@ -44,11 +45,15 @@ def modality_report(predictor, image: ImageInput, text: str | None) -> ModalityR
         texts.append(EMPTY_TEXT if empty_the_text else (text or ""))
     records = predictor.predict_batch(images, texts)
     probabilities = {name: record["probabilities"] for name, record in zip(ABLATIONS, records)}
-    predicted = records[0]["label"]
+    if "labels" in records[0]:  # multi-label: the most probable label predicted (else the most probable); sigmoid
+        full_probabilities = probabilities["full"]
+        predicted = (records[0]["labels"] or [max(full_probabilities, key=full_probabilities.get)])[0]
+    else:
+        predicted = records[0]["label"]
     full = probabilities["full"][predicted]
     image_drop = full - probabilities["image_blanked"][predicted]
     text_drop = full - probabilities["text_emptied"][predicted]
-    chance = 1.0 / len(probabilities["full"])
+    chance = 0.5 if "labels" in records[0] else 1.0 / len(probabilities["full"])
     verdict = modality_verdict(
         full, probabilities["image_blanked"][predicted], probabilities["text_emptied"][predicted], chance
     )

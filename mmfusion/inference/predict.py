@@ -115,7 +115,8 @@ def build_parser() -> HfArgumentParser:
         "--threshold",
         type=parse_threshold,
         help="decision threshold in [0, 1] instead of the checkpoint's (two classes: class 1 when its probability "
-        "reaches it; more classes: one per class, comma-separated); default: the checkpoint's",
+        "reaches it; more classes: one per class, comma-separated; multi-label: one for every label, or one per "
+        "label, comma-separated); default: the checkpoint's",
     )
     explain = parser.add_argument_group("explanations (PyTorch backend)")
     explain.add_argument(
@@ -132,12 +133,13 @@ def build_parser() -> HfArgumentParser:
 
 
 def parse_threshold(text: str):
-    """`--threshold 0.3` or, one per class, `--threshold 0.5,0.4,0.6`; checked to lie in [0, 1]."""
+    """`--threshold 0.3` or, one per class, `--threshold 0.5,0.4,0.6`; checked to lie in [0, 1] (the predictor checks
+    them against the checkpoint: how many, and for single-label classes none at 0)."""
     from ..decisions import check_decision_threshold
 
     values = [part for part in text.replace(" ", ",").split(",") if part]
     try:
-        return check_decision_threshold(values[0] if len(values) == 1 else values)
+        return check_decision_threshold(values[0] if len(values) == 1 else values, multi_label=True)
     except (ValueError, IndexError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.image is not None:
             record = predictor.predict(args.image, args.text)
-            write_pair(record, Path(args.image).stem, args.output, predictor.threshold)
+            write_pair(record, Path(args.image).stem, args.output, predictor.threshold, predictor.multi_label)
             if args.explain is not None:
                 explain_rows(predictor, [args.image], [args.text], [Path(args.image).stem], args)
         else:
@@ -220,7 +222,9 @@ def explain_rows(predictor: MMFusionPredictor, images, texts, ids, args: argpars
     print(f"Wrote {len(paths)} explanations to {args.explain}", file=sys.stderr)
 
 
-def write_pair(record: dict[str, Any], example_id: str, output: str | None, threshold=None) -> None:
+def write_pair(
+    record: dict[str, Any], example_id: str, output: str | None, threshold=None, multi_label: bool = False
+) -> None:
     """Print the record as JSON; with `output`, write it there instead (JSON, or a one-row challenge CSV)."""
     if output is None:
         print(json.dumps(record, indent=2))
@@ -232,7 +236,11 @@ def write_pair(record: dict[str, Any], example_id: str, output: str | None, thre
         names = list(record["probabilities"])
         probabilities = [[record["probabilities"][name] for name in names]]
         Predictions(
-            ids=[example_id], probabilities=np.asarray(probabilities), label_names=names, threshold=threshold
+            ids=[example_id],
+            probabilities=np.asarray(probabilities),
+            label_names=names,
+            threshold=threshold,
+            multi_label=multi_label,
         ).to_csv(output)
     print(f"Wrote {output}", file=sys.stderr)
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import check_checkpoint
 from ..configuration_mmfusion import FUSIONS
 from ..data.options import LoaderArguments
-from ..decisions import check_decision_threshold, check_temperature, decide
+from ..decisions import check_decision_threshold, check_temperature, decide, is_multi_label
 from ..evaluation.predictions import Predictions, config_probabilities, prediction_record
 from ..parallel import image_thread_pool, usable_cpu_count
 from .backends import (
@@ -53,7 +53,8 @@ class MMFusionPredictor:
             Pairs per model call in `predict_batch` and `predict_file`.
         threshold (`float` or `list[float]`, *optional*):
             The decision threshold, instead of the checkpoint's `config.decision_threshold` (see
-            `mmfusion.decisions`: two classes, class 1 is predicted when its probability reaches it). Each
+            `mmfusion.decisions`: two classes, class 1 is predicted when its probability reaches it; a multi-label
+            checkpoint: one per label, or one for all, every label reaching its threshold is predicted). Each
             `predict*` call also takes `threshold=`.
         temperature (`float`, *optional*):
             Instead of the checkpoint's `config.calibration_temperature` (1.0 gives the raw softmax).
@@ -68,6 +69,10 @@ class MMFusionPredictor:
     >>> predictions = predictor.predict_file("data/hateful_memes", split="test_unseen")
     >>> predictions.to_csv("submission.csv")
     ```
+
+    A multi-label checkpoint (`config.problem_type == "multi_label_classification"`, e.g. MAMI sub-task B) scores
+    every label with a sigmoid and returns every label at or above its threshold (`config.decision_threshold`, one
+    per label; 0.5 without): `{"labels": [...], "label_ids": [...], "probabilities": {...}}`.
     """
 
     def __init__(
@@ -80,11 +85,12 @@ class MMFusionPredictor:
         self.config = config
         self.batch_size = batch_size
         self.label_names = label_names_from_config(config)
-        if len(self.label_names) < 2:
+        self.multi_label = is_multi_label(config)
+        if len(self.label_names) < (1 if self.multi_label else 2):
             raise ValueError("MMFusionPredictor classifies; this checkpoint has fewer than two classes (regression?).")
         if threshold is None:
             threshold = getattr(config, "decision_threshold", None)
-        self.threshold = check_decision_threshold(threshold, len(self.label_names))
+        self.threshold = check_decision_threshold(threshold, len(self.label_names), multi_label=self.multi_label)
         self.temperature = check_temperature(
             getattr(config, "calibration_temperature", 1.0) if temperature is None else temperature
         )
@@ -93,7 +99,7 @@ class MMFusionPredictor:
         """The call's threshold (checked) or the predictor's."""
         if threshold is None:
             return self.threshold
-        return check_decision_threshold(threshold, len(self.label_names))
+        return check_decision_threshold(threshold, len(self.label_names), multi_label=self.multi_label)
 
     @classmethod
     def from_pretrained(
@@ -162,7 +168,9 @@ class MMFusionPredictor:
                 predictor's, i.e. the checkpoint's).
 
         Returns:
-            `{"label": name, "label_id": int, "probabilities": {name: probability}}`.
+            `{"label": name, "label_id": int, "probabilities": {name: probability}}`; multi-label checkpoints:
+            `{"labels": [names], "label_ids": [ids], "probabilities": {name: probability}}`, the labels at or above
+            their thresholds by decreasing probability (empty when none is).
 
         Raises:
             `ImageCheckError`: the image file is missing, unreadable or too large (the message names it).
@@ -175,7 +183,7 @@ class MMFusionPredictor:
         """Classify pairs `(images[i], texts[i])`, `batch_size` at a time; one record (see `predict`) per pair."""
         threshold = self._threshold(threshold)
         probabilities = self.predict_probabilities(images, texts)
-        return [prediction_record(row, self.label_names, threshold) for row in probabilities]
+        return [prediction_record(row, self.label_names, threshold, self.multi_label) for row in probabilities]
 
     def predict_probabilities(
         self, images: Sequence[ImageInput], texts: Sequence[str | None], *, progress: bool = False
@@ -371,13 +379,16 @@ class MMFusionPredictor:
         probabilities = self._run(batches, len(rows), progress=progress, description=description)
         if state is not None:
             probabilities = gather_in_order(probabilities, state)
-        labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
+        labels = None
+        if "label" in dataset.column_names:  # multi-label: lists of class ids (None: unlabeled), made multi-hot
+            labels = dataset["label"] if self.multi_label else np.asarray(dataset["label"])
         return Predictions(
             ids=[str(i) for i in dataset["id"]],
             probabilities=probabilities,
             label_names=list(self.label_names),
             true_labels=labels,
             threshold=self._threshold(threshold),
+            multi_label=self.multi_label,
         )
 
     def __repr__(self) -> str:

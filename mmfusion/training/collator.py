@@ -20,6 +20,9 @@ class MMFusionCollator:
         pad_token_id: the tokenizer's padding id.
         image_mean, image_std, rescale_factor: the image processor's normalisation, applied to cached uint8 pixels.
         pad_to_multiple_of: round the padded length up (8 suits tensor cores; 1 = no rounding).
+        num_labels: set for a multi-label task (the rows' `label` is a list of class ids): labels become
+            `(batch, num_labels)` multi-hot float vectors, the targets of the model's binary cross-entropy. An empty
+            list is a valid target (no label applies); `None` is an unlabeled row.
         blank_image / blank_text: the modality ablation: replace every image by `blank_image_input` (the blank
             image's cached features, embedding or pixels) and/or every caption by `empty_text_ids` (or, with cached
             text embeddings, by `blank_text_input`, the empty caption's embedding; see
@@ -36,6 +39,7 @@ class MMFusionCollator:
     blank_image_input: np.ndarray | None = None
     empty_text_ids: tuple[int, ...] | None = None
     blank_text_input: np.ndarray | None = None
+    num_labels: int | None = None
 
     @classmethod
     def for_processor(cls, processor, **kwargs) -> MMFusionCollator:
@@ -81,10 +85,27 @@ class MMFusionCollator:
         elif PIXELS in first:
             batch["pixel_values"] = self._normalise(self._stack(rows, PIXELS))
         # else: no image column, prepared for a model without a vision tower (the text-only baseline)
-        labels = [int(row["label"]) for row in rows] if "label" in first else []
-        if labels and min(labels) >= 0:  # unlabeled rows (-1) get no loss
-            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if "label" in first:
+            batch.update(self.labels(rows))
         return batch
+
+    def labels(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """`{"labels": ...}`: class ids (long), or multi-hot floats for a multi-label task; `{}` when a row is
+        unlabeled (-1 or None: no loss)."""
+        values = [row["label"] for row in rows]
+        if any(value is None for value in values):
+            return {}
+        if isinstance(values[0], (list, tuple, np.ndarray)):
+            if self.num_labels is None:
+                raise ValueError("Multi-label rows (a list of classes each) need the collator's `num_labels`.")
+            targets = torch.zeros((len(values), self.num_labels), dtype=torch.float32)
+            for index, value in enumerate(values):
+                targets[index, list(value)] = 1.0
+            return {"labels": targets}
+        labels = [int(value) for value in values]
+        if min(labels) < 0:  # unlabeled rows (-1) get no loss
+            return {}
+        return {"labels": torch.tensor(labels, dtype=torch.long)}
 
     def pad_text(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The rows' tokens (or, when blanking the text, the empty caption's) padded into a batch."""

@@ -2,6 +2,10 @@
 
 Both end up in the model's config (`calibration_temperature`, `calibration`, `decision_threshold`, `decision_policy`,
 `decision_figures`), which every inference path reads.
+
+Multi-label models get one threshold per label, `max_f1` per label unless `--decision_threshold` says otherwise
+(0.5 on a sigmoid is rarely the best cut), and no temperature (scaling every label's logit by one number would not
+change the per-label decisions, which the thresholds already set).
 """
 
 from __future__ import annotations
@@ -11,9 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..decisions import is_multi_label
 from ..evaluation.calibration import fit_temperature
-from ..evaluation.predictions import config_probabilities
-from ..evaluation.thresholds import fit_decision_threshold, operating_point_report, parse_policy
+from ..evaluation.predictions import config_probabilities, has_label, multi_hot
+from ..evaluation.thresholds import (
+    fit_decision_threshold,
+    fit_multi_label_thresholds,
+    operating_point_report,
+    parse_policy,
+)
+
+MULTI_LABEL_DEFAULT_POLICY = "max_f1"
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +38,9 @@ def fit_operating_point(config, validation_logits, validation_labels, label_name
     fitting is refused. Raises `UnreachableTargetError` for a target the validation split cannot meet.
     """
     done = {}
-    multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+    multi_label = is_multi_label(config)
+    if multi_label:
+        return _fit_multi_label(config, validation_logits, validation_labels, label_names, split, policy, done)
     if calibrate and validation_logits is not None and not multi_label:
         fit = fit_temperature(validation_logits, validation_labels, split=split)
         config.calibration_temperature = fit.temperature
@@ -56,19 +70,58 @@ def fit_operating_point(config, validation_logits, validation_labels, label_name
     return done
 
 
-def run_operating_point(trainer, raw, prepared, splits, model_args, output_dir, *, save: bool) -> dict:
+def _fit_multi_label(config, logits, labels, label_names, split, policy, done):
+    """Per-label thresholds: `policy` (default `max_f1`) on the validation split's sigmoids; a fixed number is
+    applied to every label; without a labeled validation split and without a policy, nothing (0.5 per label)."""
+    if policy is None:
+        if logits is None:
+            return done
+        policy = MULTI_LABEL_DEFAULT_POLICY
+    policy = parse_policy(policy)
+    if policy.kind != "fixed" and logits is None:
+        raise ValueError(
+            f"--decision_threshold {policy} is chosen on the validation split, and this run has no labeled "
+            "validation split; give a number instead, or a validation split (--validation_split)."
+        )
+    if logits is not None:
+        probabilities = config_probabilities(logits, config)
+        labels = multi_hot(labels, len(label_names))
+        thresholds, figures = fit_multi_label_thresholds(probabilities, labels, policy, label_names, split=split)
+    else:
+        thresholds, figures = [float(policy.target)] * len(label_names), None
+    name = "fixed" if policy.kind == "fixed" else str(policy)
+    if figures is not None:
+        figures["policy"] = name
+    config.decision_threshold, config.decision_policy, config.decision_figures = thresholds, name, figures
+    done["threshold"] = thresholds
+    for name, entry in ((figures or {}).get("per_class") or {}).items():
+        if entry.get("note"):
+            logger.warning("Decision threshold of label %r: %s", name, entry["note"])
+    return done
+
+
+def run_operating_point(
+    trainer, raw, prepared, splits, model_args, output_dir, *, save: bool, trained: bool = True
+) -> dict:
     """train.py's step: predict the validation split, fit, and save the config beside the weights when `save`.
 
+    `trained`: the model was trained in this run, so a multi-label model gets its default per-label thresholds
+    (`max_f1`) even without a policy; a checkpoint only evaluated keeps its own unless a policy is given.
     Returns `{split: logits}` for the split it predicted, so that train.py does not predict it twice."""
     config = trainer.model.config
     validation = splits.get("validation")
-    labeled = validation is not None and any(label >= 0 for label in raw[validation]["label"])
+    labeled = validation is not None and any(has_label(label) for label in raw[validation]["label"])
     policy = model_args.decision_threshold
-    if not (model_args.calibrate or policy is not None):
+    multi_label = is_multi_label(config)
+    if not (model_args.calibrate or policy is not None or (multi_label and trained)):
         return {}
     logits = trainer.predict_logits(prepared[validation]) if labeled else None
-    labels = np.asarray(raw[validation]["label"]) if labeled else None
-    label_names = raw[validation or next(iter(raw))].features["label"].names
+    if multi_label:
+        labels = raw[validation]["label"] if labeled else None
+        label_names = raw[validation or next(iter(raw))].features["label"].feature.names
+    else:
+        labels = np.asarray(raw[validation]["label"]) if labeled else None
+        label_names = raw[validation or next(iter(raw))].features["label"].names
     done = fit_operating_point(
         config, logits, labels, label_names, split=validation, calibrate=model_args.calibrate, policy=policy
     )

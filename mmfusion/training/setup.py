@@ -13,6 +13,8 @@ from transformers.utils import logging
 from ..checkpoints import check_checkpoint
 from ..configuration_mmfusion import DUAL_ENCODER_TOWERS, MMFusionConfig
 from ..data import load_image_text_dataset
+from ..decisions import MULTI_LABEL
+from ..evaluation.predictions import has_label
 from ..fusions import fusion_settings
 from ..modeling_mmfusion import MMFusionForClassification
 from ..processing_mmfusion import MMFusionProcessor, limit_text_length, tower_image_processor
@@ -40,21 +42,23 @@ def load_data(data_args: DataArguments):
     )
 
 
-def label_names_of(dataset: datasets.DatasetDict, data_args: DataArguments) -> list[str]:
-    """The class names of the data; a multi-label task (MAMI B, MMHS150K votes: a list of classes per row) is
-    refused, naming the single-label tasks to train on instead."""
+def is_multi_label_data(dataset: datasets.DatasetDict | datasets.Dataset) -> bool:
+    """Whether the data's label is a list of classes per row (MAMI B, MMHS150K votes: `datasets.List(ClassLabel)`)."""
+    split = dataset[next(iter(dataset))] if isinstance(dataset, datasets.DatasetDict) else dataset
+    return isinstance(split.features["label"], (datasets.List, datasets.Sequence))
+
+
+def label_names_of(dataset: datasets.DatasetDict, data_args: DataArguments | None = None) -> list[str]:
+    """The class names of the data (the labels of a multi-label task, in class-id order)."""
     feature = dataset[next(iter(dataset))].features["label"]
-    if isinstance(feature, datasets.List):
-        raise ValueError(
-            f"The task (--task {data_args.task or 'default'}) is multi-label (several of {', '.join(feature.feature.names)} per row): "
-            "train.py does not train multi-label tasks yet. Pick a single-label task with --task (the load report "
-            "lists the dataset's tasks); mmfusion-data stats/convert read multi-label tasks."
-        )
+    if isinstance(feature, (datasets.List, datasets.Sequence)):
+        feature = feature.feature
     return list(feature.names)
 
 
 def is_labeled(split: datasets.Dataset) -> bool:
-    return len(split) > 0 and min(split["label"]) >= 0
+    """Every row has a label (multi-label: a list of classes, an empty one included; `None` is unlabeled)."""
+    return len(split) > 0 and all(has_label(label) for label in split["label"])
 
 
 def resolve_splits(dataset: datasets.DatasetDict, data_args: DataArguments) -> dict[str, str | None]:
@@ -84,7 +88,7 @@ def check_train_split(dataset: datasets.DatasetDict, splits: dict[str, str | Non
     if name is None:
         raise ValueError(f"No {data_args.train_split!r} split to train on; the data has {', '.join(dataset)}.")
     labels = dataset[name]["label"]
-    unlabeled = sum(1 for label in labels if label < 0)
+    unlabeled = sum(1 for label in labels if not has_label(label))
     if unlabeled:
         raise ValueError(
             f"The {name!r} split has {unlabeled} unlabeled rows of {len(labels)}: every training row needs a label. "
@@ -162,9 +166,17 @@ def build_processor(
 
 
 def build_model(
-    model_args: ModelArguments, label_names: list[str], vocab_size: int, image_size: int
+    model_args: ModelArguments,
+    label_names: list[str],
+    vocab_size: int,
+    image_size: int,
+    *,
+    multi_label: bool = False,
 ) -> MMFusionForClassification:
-    """A checkpoint to fine-tune or evaluate, two pretrained towers with fresh fusion layers, or small random towers."""
+    """A checkpoint to fine-tune or evaluate, two pretrained towers with fresh fusion layers, or small random towers.
+
+    `multi_label`: the task gives a set of labels per row; the model's `problem_type` is then
+    `"multi_label_classification"` (binary cross-entropy per label, sigmoid scores)."""
     if model_args.model_name_or_path:
         model = MMFusionForClassification.from_pretrained(
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
@@ -173,6 +185,12 @@ def build_model(
             raise ValueError(
                 f"{model_args.model_name_or_path} predicts {model.config.num_labels} classes; the data has "
                 f"{len(label_names)} ({', '.join(label_names)})."
+            )
+        if (model.config.problem_type == MULTI_LABEL) != multi_label:
+            kind = "multi-label" if multi_label else "single-label"
+            raise ValueError(
+                f"{model_args.model_name_or_path} is {'' if model.config.problem_type == MULTI_LABEL else 'not '}a "
+                f"multi-label model (problem_type {model.config.problem_type!r}); the data's task is {kind}."
             )
         return model
     settings = dict(
@@ -187,6 +205,8 @@ def build_model(
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
     )
+    if multi_label:
+        settings["problem_type"] = MULTI_LABEL
     # The fusions' own settings (flags from `model_arguments_class`); a bare `ModelArguments` leaves the defaults.
     settings.update(
         {
@@ -228,6 +248,8 @@ __all__ = [
     "check_train_split",
     "dual_encoder_vision_config",
     "is_labeled",
+    "is_multi_label_data",
+    "label_names_of",
     "limit_samples",
     "load_data",
     "resolve_image_size",

@@ -6,7 +6,7 @@ A sweep file is YAML (or JSON):
 base:                      # train.py arguments shared by every run
   dataset: demo
   fusion: concat
-metric: eval_accuracy      # optional; default eval_auroc if any run reports it, else eval_macro_f1, else eval_accuracy
+metric: eval_accuracy      # optional; default eval_auroc if any run reports it, else eval_macro_auroc (multi-label), eval_macro_f1, eval_accuracy
 greater_is_better: true    # optional; default: true unless the metric is a loss
 output_root: outputs/sweep # optional; --output-root wins
 runs:
@@ -68,7 +68,7 @@ from .card import MODEL_CARD_TEMPLATE, can_rewrite_model_card, rewrite_model_car
 logger = logging.getLogger(__name__)
 
 RUN_META_KEYS = ("name", "description")
-DEFAULT_METRICS = ("eval_auroc", "eval_macro_f1", "eval_accuracy")
+DEFAULT_METRICS = ("eval_auroc", "eval_macro_auroc", "eval_macro_f1", "eval_accuracy")
 # Metrics shown next to the ranking metric when the runs report them.
 SUMMARY_METRICS = (
     "eval_auroc",
@@ -78,6 +78,8 @@ SUMMARY_METRICS = (
     "test_auroc",
     "test_accuracy",
     "test_macro_f1",
+    "eval_macro_auroc",
+    "test_macro_auroc",
 )
 RUN_CONFIG = "run_config.yaml"
 TRAIN_LOG = "train.log"

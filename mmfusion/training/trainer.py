@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from ..decisions import is_multi_label
 from ..evaluation.ablation import ABLATIONS, blank_image
 from ..evaluation.predictions import Predictions, config_probabilities
 from ..files import atomic_write_text
@@ -83,15 +84,18 @@ class MMFusionTrainer(Trainer):
         """The model's predictions on one split: `prepared_split` scored (or its `logits`, when already computed),
         `raw_split`'s ids, captions and labels; decided with the config's decision threshold."""
         logits = self.predict_logits(prepared_split) if logits is None else logits
+        multi_label = is_multi_label(self.model.config)
+        feature = raw_split.features["label"]
         return Predictions(
             ids=raw_split["id"],
             probabilities=config_probabilities(logits, self.model.config),
-            label_names=raw_split.features["label"].names,
+            label_names=(feature.feature if multi_label else feature).names,
             true_labels=raw_split["label"],
             texts=raw_split["text"],
             split=name,
             threshold=getattr(self.model.config, "decision_threshold", None),
             logits=logits,
+            multi_label=multi_label,
         )
 
     def ablation_probabilities(self, dataset, processor) -> dict[str, np.ndarray]:
