@@ -193,12 +193,15 @@ def explain_report_errors(output_dir, model, processor, splits: dict, count: int
             processor,
             [row["image"] for row in rows],
             [row["text"] for row in rows],
-            targets=[names.index(error["predicted_label"]) for error in errors],
+            # single-label: the predicted class; multi-label: the row's most confident wrong label (`label`)
+            targets=[names.index(error.get("label", error["predicted_label"])) for error in errors],
             temperature=temperature,
             steps=steps or DEFAULT_STEPS,
         )
         titles = [
-            f"{error['id']}: {error['predicted_label']} {error['probability']:.2f}\n(true: {error['true_label']})"
+            f"{error['id']}: {error.get('label', error['predicted_label'])} {error['probability']:.2f}"
+            + (f" ({error['error']})" if "error" in error else "")
+            + f"\n(true: {error['true_label']})"
             for error in errors
         ]
         filename = f"errors_explained_{_safe_file_part(split_name)}.png"
