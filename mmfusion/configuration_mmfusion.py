@@ -158,6 +158,8 @@ class MMFusionConfig(PretrainedConfig):
     """
 
     model_type = "mmfusion"
+    # What the Trainer's predictions leave out: the retrieval embeddings are asked for explicitly (`embed`).
+    keys_to_ignore_at_inference = ["embeddings"]
     sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
 
     def __init__(

@@ -36,10 +36,15 @@ from .torchvision_resnet import load_torchvision_resnet, torchvision_architectur
 @dataclass
 class MMFusionClassifierOutput(SequenceClassifierOutput):
     """
-    `SequenceClassifierOutput` plus `fusion_attentions`: attention fusion's own weights (see `MMFusionModelOutput`).
+    `SequenceClassifierOutput` plus `fusion_attentions`: attention fusion's own weights (see `MMFusionModelOutput`),
+    and `embeddings`: the fused representation the classifier reads (before its dropout), of shape
+    `(batch_size, output_size)`. Retrieval (nearest labelled examples, RGCL's objective) works on these, L2-normalised
+    (see `MMFusionForClassification.embed`). The Trainer leaves them out of its predictions
+    (`MMFusionConfig.keys_to_ignore_at_inference`).
     """
 
     fusion_attentions: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
 
 
 class MMFusionPreTrainedModel(PreTrainedModel):
@@ -567,7 +572,14 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             fusion_attentions=outputs.fusion_attentions,
+            embeddings=outputs.pooler_output,
         )
+
+    def embed(self, **inputs) -> torch.Tensor:
+        """The L2-normalised fused representation of a batch (`embeddings` of `forward`), the vector retrieval
+        compares by inner product. Takes `forward`'s inputs; the caller chooses train/eval mode and grad."""
+        inputs.pop("labels", None)
+        return F.normalize(self(**inputs, return_dict=True).embeddings, dim=-1)
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)
