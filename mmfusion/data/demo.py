@@ -24,7 +24,7 @@ carry no information about the label** (chance level), while the two together de
 
 **A spatial image cue** (`image_cue="patch"`, for checking that an explanation points at the cue; the default,
 `"colour"`, is the one above and its files are unchanged): the warm or cold colour is a square patch of 14-20 px at
-a random position on a neutral grey background with grey pixel noise, and two distractor shapes (square, disc or
+a random position on a neutral grey background (128, with grey pixel noise), and two distractor shapes (square, disc or
 triangle, 12-20 px) in green or magenta lie anywhere, drawn before the patch (so the patch is never covered). Every
 pixel outside the patch has `R == B` exactly (grey, green `(low, high, low)`, magenta `(high, low, high)`), so the
 patch is the only region where the colour cue lives; `demo_cue_box(image)` reads its box back from the pixels and
@@ -136,9 +136,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: int, x: int, y: int, size: int
 
 def _draw_patch_image(rng: np.random.Generator, warm: bool) -> Image.Image:
     """The spatial cue (`image_cue="patch"`, see the module docstring): every pixel but the patch's has R == B."""
-    level = int(rng.integers(80, 177))
+    # One grey level for every picture: a level that varied was a nuisance cue the tests' CNN read at the image's
+    # (zero-padded) borders, where Grad-CAM then pointed instead of at the patch.
     noise = rng.normal(0.0, 12.0, size=(DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
-    grey = np.clip(np.rint(level + noise), 0, 255).astype(np.uint8)
+    grey = np.clip(np.rint(128 + noise), 0, 255).astype(np.uint8)
     image = Image.fromarray(np.repeat(grey[..., None], 3, axis=2), mode="RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(_NUM_DISTRACTORS):
