@@ -1,11 +1,13 @@
 """The demo dataset: deterministic, and only the combination of image and text decides the label."""
 
 import hashlib
+import json
 import os
 from collections import defaultdict
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -148,3 +150,64 @@ def test_only_the_combination_decides(arrays):
     assert _accuracy(features("train", False), train_y, features("test", False), test_y) <= CHANCE_CEILING
     # With the interaction the label is a deterministic function of the two cues.
     assert _accuracy(features("train", True), train_y, features("test", True), test_y) == 1.0
+
+
+# --- the spatial image cue (image_cue="patch") -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patch_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patch-demo") / "seed0"
+    dataset = load_demo_dataset(seed=0, root=root, num_train=200, num_validation=40, num_test=40, image_cue="patch")
+    return dataset, root
+
+
+def test_patch_cue_is_a_square_region_and_decides_with_the_caption(patch_demo):
+    from mmfusion.data import demo_cue_box
+
+    dataset, root = patch_demo
+    with open(root / "mmfusion_demo.json", encoding="utf-8") as f:
+        assert json.load(f)["image_cue"] == "patch"
+    assert sum(dataset["train"]["label"]) == 100  # balanced, as the default
+    areas = []
+    for split in dataset:
+        for example in dataset[split]:
+            image, text = example["image"], example["text"]
+            assert demo_rule(image, text) == example["label"], (split, example["id"])
+            left, top, right, bottom = demo_cue_box(image)
+            assert 14 <= right - left == bottom - top <= 20, (split, example["id"])
+            pixels = np.asarray(image, dtype=np.int16)
+            inside = np.zeros(pixels.shape[:2], dtype=bool)
+            inside[top:bottom, left:right] = True
+            # the colour cue lives in the box only: every pixel of it is warm or cold, every other one has R == B
+            difference = pixels[..., 0] - pixels[..., 2]
+            assert (difference[~inside] == 0).all() and (np.abs(difference[inside]) > 30).all()
+            assert (np.sign(difference[inside]) == (1 if demo_cues(image, text)[0] else -1)).all()
+            areas.append((right - left) * (bottom - top) / 64**2)
+    assert 0.04 < np.mean(areas) < 0.1
+    # the box moves around: no fixed position a model could learn instead of looking for the colour
+    boxes = [demo_cue_box(image)[:2] for image in dataset["train"]["image"][:50]]
+    assert len(set(boxes)) > 40
+
+
+def test_patch_cue_folder_is_deterministic_and_separate(patch_demo, tmp_path):
+    from mmfusion.data import default_demo_root
+
+    _, root = patch_demo
+    make_demo_folder(tmp_path / "again", num_train=200, num_validation=40, num_test=40, image_cue="patch")
+    assert folder_digest(tmp_path / "again") == folder_digest(root)
+    assert default_demo_root(0, "patch") == default_demo_root(0) + "-patch"
+    with pytest.raises(FileExistsError, match="different demo dataset"):  # the default demo's folder is not reused
+        make_demo_folder(root, num_train=200, num_validation=40, num_test=40)
+    with pytest.raises(ValueError, match="image_cue must be one of"):
+        make_demo_folder(tmp_path / "bad", image_cue="corner")
+
+
+def test_cue_box_refuses_an_image_without_a_patch(demo):
+    from mmfusion.data import demo_cue_box
+
+    dataset, _ = demo
+    with pytest.raises(ValueError, match="not a patch-cue demo image"):
+        demo_cue_box(dataset["test"][0]["image"])  # the default demo: the colour fills the background
+    with pytest.raises(ValueError, match="no pixel has R != B"):
+        demo_cue_box(Image.new("RGB", (64, 64), (90, 200, 90)))

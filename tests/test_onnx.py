@@ -116,6 +116,23 @@ def test_int8_agrees_with_fp32_on_the_demo_test_split(trained_demo_checkpoint, t
     assert (trained_export / INT8_ONNX_FILENAME).stat().st_size < (trained_export / ONNX_FILENAME).stat().st_size
 
 
+def test_explaining_with_onnx_stops_and_names_the_pytorch_checkpoint(trained_demo_checkpoint, trained_export):
+    """ONNX graphs carry no gradients, so explanations (Integrated Gradients, Grad-CAM) are PyTorch-only: asking an
+    ONNX predictor for one stops with what to load instead (mmfusion-predict --explain: tests/test_explanations.py)."""
+    predictor = MMFusionPredictor.from_pretrained(trained_export, backend="onnx")
+    example = trained_demo_checkpoint.dataset["test"][0]
+    with pytest.raises(ValueError, match=r"ONNX graph does not give .*model\.onnx.*PyTorch checkpoint") as raised:
+        predictor.explain(example["image"], example["text"])
+    assert "backend='torch'" in str(raised.value)
+    with pytest.raises(ValueError, match="PyTorch checkpoint"):
+        predictor.explain_batch([example["image"]], [example["text"]])
+    # the PyTorch checkpoint it names does explain the same pair
+    explained = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path).explain(
+        example["image"], example["text"]
+    )
+    assert explained.label == predictor.predict(example["image"], example["text"])["label"]
+
+
 def test_static_int8_export_from_the_command_line(trained_demo_checkpoint, tmp_path):
     """`mmfusion-export --quantize int8-static --calibration demo`: a QDQ graph, convolutions included, that keeps
     fp32's decisions on the held-out split, with the comparison recorded in onnx_export.json."""

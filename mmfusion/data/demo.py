@@ -22,6 +22,15 @@ The four (image cue, text cue) combinations are exactly balanced in every split,
 carry no information about the label** (chance level), while the two together decide it without noise.
 `demo_rule(image, text)` recomputes the label from the raw image and caption.
 
+**A spatial image cue** (`image_cue="patch"`, for checking that an explanation points at the cue; the default,
+`"colour"`, is the one above and its files are unchanged): the warm or cold colour is a square patch of 14-20 px at
+a random position on a neutral grey background (128, with grey pixel noise), and two distractor shapes (square, disc or
+triangle, 12-20 px) in green or magenta lie anywhere, drawn before the patch (so the patch is never covered). Every
+pixel outside the patch has `R == B` exactly (grey, green `(low, high, low)`, magenta `(high, low, high)`), so the
+patch is the only region where the colour cue lives; `demo_cue_box(image)` reads its box back from the pixels and
+`demo_cues` / `demo_rule` work unchanged (the sign of the mean of `R - B` is the patch's). Same caption vocabulary,
+pairing, label rule and split sizes as the default (other draws); its own folder (`default_demo_root(seed, "patch")`).
+
 Splits: `train` (2000), `validation` (400, written as `dev.jsonl`), `test` (400); class names `not_hateful`,
 `hateful`; ids are 5-digit strings with leading zeros (`"00042"`), as in the real data.
 """
@@ -58,11 +67,22 @@ FILLER_WORDS = (
 _WARM_HUES = (-20.0, 50.0)
 _COLD_HUES = (170.0, 250.0)
 _MARKER_FILE = "mmfusion_demo.json"
+DEMO_IMAGE_CUES = ("colour", "patch")
+_PATCH_SIZES = (14, 21)  # the cue patch's side, px (upper bound exclusive)
+_DISTRACTOR_SIZES = (12, 21)
+_NUM_DISTRACTORS = 2
 
 
-def default_demo_root(seed: int = 0) -> str:
-    """`~/.cache/mmfusion/demo-<seed>-v<version>` (or under `$MMFUSION_CACHE`)."""
-    return os.path.join(mmfusion_cache_dir(), f"demo-{seed}-v{DEMO_VERSION}")
+def _check_image_cue(image_cue: str) -> None:
+    if image_cue not in DEMO_IMAGE_CUES:
+        raise ValueError(f"image_cue must be one of {DEMO_IMAGE_CUES}, got {image_cue!r}")
+
+
+def default_demo_root(seed: int = 0, image_cue: str = "colour") -> str:
+    """`~/.cache/mmfusion/demo-<seed>-v<version>` (or under `$MMFUSION_CACHE`); `...-patch` for the spatial cue."""
+    _check_image_cue(image_cue)
+    suffix = "" if image_cue == "colour" else f"-{image_cue}"
+    return os.path.join(mmfusion_cache_dir(), f"demo-{seed}-v{DEMO_VERSION}{suffix}")
 
 
 def demo_cues(image: Image.Image, text: str) -> tuple[bool, bool]:
@@ -80,6 +100,58 @@ def demo_rule(image: Image.Image, text: str) -> int:
     """The documented label rule: 1 (`hateful`) when the caption's keyword contradicts the picture's colour family."""
     image_is_warm, text_is_warm = demo_cues(image, text)
     return int(image_is_warm != text_is_warm)
+
+
+def demo_cue_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """The box `(left, top, right, bottom)` (pixels, right/bottom exclusive) of a patch-cue demo image's coloured
+    patch (`image_cue="patch"`), read from the pixels: the only ones with `R != B`. Raises `ValueError` for an image
+    without such pixels (e.g. a default demo image, where the colour fills the background)."""
+    pixels = np.asarray(to_rgb(image), dtype=np.int16)
+    rows, columns = np.nonzero(pixels[..., 0] != pixels[..., 2])
+    if not len(rows):
+        raise ValueError("not a patch-cue demo image: no pixel has R != B (no warm or cold patch)")
+    box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
+    width, height = box[2] - box[0], box[3] - box[1]
+    if not (_PATCH_SIZES[0] <= width < _PATCH_SIZES[1] and width == height):
+        raise ValueError(f"not a patch-cue demo image: the pixels with R != B span {width}x{height} px, not a patch")
+    return box
+
+
+def _cue_colour(rng: np.random.Generator, warm: bool) -> tuple[int, int, int]:
+    low, high = _WARM_HUES if warm else _COLD_HUES
+    hue = (rng.uniform(low, high) % 360.0) / 360.0
+    saturation, value = rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: int, x: int, y: int, size: int, fill) -> None:
+    box = (x, y, x + size, y + size)
+    if shape == 0:
+        draw.rectangle(box, fill=fill)
+    elif shape == 1:
+        draw.ellipse(box, fill=fill)
+    else:
+        draw.polygon([(x, y + size), (x + size, y + size), (x + size // 2, y)], fill=fill)
+
+
+def _draw_patch_image(rng: np.random.Generator, warm: bool) -> Image.Image:
+    """The spatial cue (`image_cue="patch"`, see the module docstring): every pixel but the patch's has R == B."""
+    # One grey level for every picture: a level that varied was a nuisance cue the tests' CNN read at the image's
+    # (zero-padded) borders, where Grad-CAM then pointed instead of at the patch.
+    noise = rng.normal(0.0, 12.0, size=(DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE))
+    grey = np.clip(np.rint(128 + noise), 0, 255).astype(np.uint8)
+    image = Image.fromarray(np.repeat(grey[..., None], 3, axis=2), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(_NUM_DISTRACTORS):
+        size = int(rng.integers(*_DISTRACTOR_SIZES))
+        x, y = (int(v) for v in rng.integers(0, DEMO_IMAGE_SIZE - size, size=2))
+        low, high = int(rng.integers(0, 80)), int(rng.integers(150, 256))
+        fill = (low, high, low) if rng.integers(0, 2) else (high, low, high)  # green or magenta: R == B
+        _draw_shape(draw, int(rng.integers(0, 3)), x, y, size, fill)
+    size = int(rng.integers(*_PATCH_SIZES))
+    x, y = (int(v) for v in rng.integers(0, DEMO_IMAGE_SIZE - size + 1, size=2))
+    draw.rectangle((x, y, x + size - 1, y + size - 1), fill=_cue_colour(rng, warm))
+    return image
 
 
 def _draw_image(rng: np.random.Generator, warm: bool) -> Image.Image:
@@ -110,14 +182,17 @@ def _caption(rng: np.random.Generator, warm: bool) -> str:
     return " ".join(words)
 
 
-def _generate_split(rng: np.random.Generator, size: int) -> list[tuple[Image.Image, str, int]]:
+def _generate_split(
+    rng: np.random.Generator, size: int, image_cue: str = "colour"
+) -> list[tuple[Image.Image, str, int]]:
     """`size // 2` caption pairs; each caption once with a warm and once with a cold picture, then shuffled."""
+    draw_image = _draw_patch_image if image_cue == "patch" else _draw_image
     examples = []
     for pair in range(size // 2):
         text_is_warm = pair % 2 == 0  # exactly balanced text cue (and, through the pairs, image cue)
         caption = _caption(rng, text_is_warm)
         for image_is_warm in (True, False):
-            examples.append((_draw_image(rng, image_is_warm), caption, int(image_is_warm != text_is_warm)))
+            examples.append((draw_image(rng, image_is_warm), caption, int(image_is_warm != text_is_warm)))
     order = rng.permutation(len(examples))
     return [examples[i] for i in order]
 
@@ -129,6 +204,7 @@ def make_demo_folder(
     num_train: int = DEMO_SPLIT_SIZES["train"],
     num_validation: int = DEMO_SPLIT_SIZES["validation"],
     num_test: int = DEMO_SPLIT_SIZES["test"],
+    image_cue: str = "colour",
 ) -> str:
     """Write the demo dataset as a Hateful-Memes-layout folder (see the module docstring) and return its path.
 
@@ -142,13 +218,19 @@ def make_demo_folder(
             Same seed (and sizes) -> byte-identical files.
         num_train, num_validation, num_test (`int`):
             Split sizes; even numbers (examples come in caption pairs).
+        image_cue (`str`, defaults to `"colour"`):
+            `"colour"`: the picture's background colour; `"patch"`: a coloured patch at a random position (the
+            spatial cue, see the module docstring; default folder `default_demo_root(seed, "patch")`).
     """
+    _check_image_cue(image_cue)
     sizes = {"train": num_train, "validation": num_validation, "test": num_test}
     for split, size in sizes.items():
         if size <= 0 or size % 2:
             raise ValueError(f"demo split sizes must be positive and even (caption pairs), got {split}={size}")
-    root = os.path.abspath(os.fspath(root) if root is not None else default_demo_root(seed))
+    root = os.path.abspath(os.fspath(root) if root is not None else default_demo_root(seed, image_cue))
     marker = {"version": DEMO_VERSION, "seed": seed, "sizes": sizes, "image_size": DEMO_IMAGE_SIZE}
+    if image_cue != "colour":  # the default's marker (and every file) stays byte-identical
+        marker["image_cue"] = image_cue
     marker_path = os.path.join(root, _MARKER_FILE)
     if os.path.isfile(marker_path):
         with open(marker_path, encoding="utf-8") as f:
@@ -170,7 +252,7 @@ def make_demo_folder(
             # One generator per split: changing a split's size leaves the other splits' content unchanged.
             rng = np.random.default_rng([seed, split_index])
             lines = []
-            for image, caption, label in _generate_split(rng, size):
+            for image, caption, label in _generate_split(rng, size, image_cue):
                 example_id = f"{next_id:05d}"
                 next_id += 1
                 image.save(os.path.join(tmp_root, "img", f"{example_id}.png"), format="PNG")
@@ -206,6 +288,7 @@ def load_demo_dataset(
     max_image_pixels: int = LoaderArguments.max_image_pixels,
     report_path: str | os.PathLike | None = None,
     return_report: bool = False,
+    image_cue: str = "colour",
 ):
     """Generate (once) and load the demo dataset: a `DatasetDict` with `train`, `validation` and `test` splits.
 
@@ -219,11 +302,15 @@ def load_demo_dataset(
             one folder.
         num_train, num_validation, num_test (`int`):
             Split sizes (even).
+        image_cue (`str`, defaults to `"colour"`):
+            `"patch"`: the spatial image cue (see the module docstring and `demo_cue_box`).
         on_bad_rows, max_image_pixels, report_path, return_report:
             See `load_image_text_dataset` (the generated data has no bad rows; the options are the same as for any
             source).
     """
-    root = make_demo_folder(root, seed, num_train=num_train, num_validation=num_validation, num_test=num_test)
+    root = make_demo_folder(
+        root, seed, num_train=num_train, num_validation=num_validation, num_test=num_test, image_cue=image_cue
+    )
     if cache_dir is None:
         cache_dir = os.path.join(root, "datasets_cache")
     loaded, report = load_hateful_memes(

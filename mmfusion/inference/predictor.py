@@ -261,9 +261,12 @@ class MMFusionPredictor:
 
         model = getattr(self.backend, "model", None)
         if model is None:
+            source = getattr(self.backend, "model_path", None)
             raise ValueError(
-                "Explanations need gradients: load the checkpoint with the PyTorch backend (backend='torch'), not "
-                f"{type(self.backend).__name__}."
+                "Explanations need gradients, which an ONNX graph does not give"
+                + (f" ({source})" if source is not None else f" ({type(self.backend).__name__})")
+                + ": explain with the PyTorch checkpoint the export was made from, "
+                "MMFusionPredictor.from_pretrained(CHECKPOINT) (backend='torch')."
             )
         if len(images) != len(texts):
             raise ValueError(f"Got {len(images)} images but {len(texts)} captions; pass one caption per image.")
