@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..configuration_mmfusion import TEXT_POOLINGS
+from ..configuration_mmfusion import OBJECTIVE_SETTINGS, TEXT_POOLINGS
 from ..data.options import LoaderArguments
 from ..fusions import FUSIONS, fusion_names, fusion_settings
 from .precision import PRECISIONS, resolve_precision
@@ -131,7 +131,19 @@ def model_arguments_class() -> type[ModelArguments]:
             continue
         users = ", ".join(fusion for fusion, cls in FUSIONS.items() if name in cls.settings)
         help_text = f"({users}) {setting.help}"
-        fields.append((name, setting.value_type, field(default=setting.default, metadata={"help": help_text})))
+        default = setting.default
+        own = {fusion: cls.setting_defaults[name] for fusion, cls in FUSIONS.items() if name in cls.setting_defaults}
+        if own:  # unset: the chosen fusion's own default (the config resolves it)
+            default, value_type = None, setting.value_type | None
+            help_text += f" Default: {setting.default}" + "".join(f"; {f}: {value}" for f, value in own.items())
+            fields.append((name, value_type, field(default=default, metadata={"help": help_text})))
+            continue
+        fields.append((name, setting.value_type, field(default=default, metadata={"help": help_text})))
+    # The training objective's settings, declared once in the config (`OBJECTIVE_SETTINGS`).
+    for name, setting in OBJECTIVE_SETTINGS.items():
+        value_type = setting.value_type if setting.default is not None else setting.value_type | None
+        metadata = {"help": setting.help} | ({"choices": list(setting.choices)} if setting.choices else {})
+        fields.append((name, value_type, field(default=setting.default, metadata=metadata)))
     return make_dataclass("ModelArguments", fields, bases=(ModelArguments,))
 
 
