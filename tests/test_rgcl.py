@@ -223,3 +223,29 @@ def test_train_py_objective_rgcl_on_a_tiny_clip_saves_a_checkpoint_a_hub_user_re
         expected = model(**processor(images=image, text=text)).logits
     got = logits_seen_by_a_hub_user(repo_root, tmp_path, [str(output)])
     assert_close(torch.tensor(got[str(output)]), expected)
+
+
+def test_the_rgcl_recipe_builds_rgcls_head_on_the_pooler_outputs(repo_root, tmp_path):
+    """configs/hateful_memes_clip_rgcl.yaml as written, with a tiny CLIP in place of ViT-L/14-336: no projections
+    (the towers' pooler outputs), align with three 1024-wide pre-output layers, objective rgcl."""
+    from tiny_models import tiny_clip_checkpoint
+
+    from mmfusion.training.arguments import parse_arguments
+    from mmfusion.training.setup import build_model
+
+    clip = tiny_clip_checkpoint(tmp_path / "clip")
+    recipe = str(repo_root / "configs" / "hateful_memes_clip_rgcl.yaml")
+    towers = [
+        "--text_model_name_or_path",
+        str(tmp_path / "clip"),
+        "--vision_model_name_or_path",
+        str(tmp_path / "clip"),
+    ]
+    model_args, _, _ = parse_arguments([recipe, *towers, "--output_dir", str(tmp_path / "out")])
+    model = build_model(model_args, ["not_hateful", "hateful"], vocab_size=0, image_size=32)
+    config = model.config
+    assert config.projection_dim is None and model.mmfusion.text_projection is None
+    assert (config.text_embed_dim, config.image_embed_dim) == (
+        clip.config.text_config.hidden_size, clip.config.vision_config.hidden_size)  # fmt: skip
+    assert (config.fusion, config.fusion_map_dim, config.fusion_num_pre_output_layers) == ("align", 1024, 3)
+    assert (config.objective, config.rgcl_k, config.rgcl_loss_weight) == ("rgcl", 12, 0.5)

@@ -114,6 +114,13 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=1000, metadata={"help": "Vocabulary of the tokenizer trained on the captions (small text tower)."}
     )
+    dual_encoder_projections: bool = field(
+        default=True,
+        metadata={
+            "help": "With one dual encoder (CLIP) for both towers, read its embeddings through its projections into "
+            "the joint space (text_projection/visual_projection); false: the towers' pooler outputs, as RGCL does."
+        },
+    )
 
 
 def model_arguments_class() -> type[ModelArguments]:

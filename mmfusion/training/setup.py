@@ -224,6 +224,8 @@ def build_model(
     settings.update({name: getattr(model_args, name) for name in OBJECTIVE_SETTINGS if hasattr(model_args, name)})
     if model_args.image_gate is not None:  # else: on for pretrained towers (from_text_vision_pretrained), off here
         settings["image_gate"] = model_args.image_gate
+    if not model_args.dual_encoder_projections:  # a dual encoder's pooler outputs (RGCL)
+        settings["projection_dim"] = None
     if model_args.text_pooling is not None:  # else: the tower's own (sentence-transformers) or the config default
         settings["text_pooling"] = model_args.text_pooling
     if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
