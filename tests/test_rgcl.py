@@ -13,6 +13,7 @@ from tiny_models import tiny_config, tiny_model
 from torch.testing import assert_close
 from transformers import TrainingArguments
 
+from mmfusion.fusions import fusion_names
 from mmfusion.retrieval import VectorIndex, faiss
 from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.columns import IMAGE_EMBEDS, TEXT_EMBEDS
@@ -249,3 +250,23 @@ def test_the_rgcl_recipe_builds_rgcls_head_on_the_pooler_outputs(repo_root, tmp_
         clip.config.text_config.hidden_size, clip.config.vision_config.hidden_size)  # fmt: skip
     assert (config.fusion, config.fusion_map_dim, config.fusion_num_pre_output_layers) == ("align", 1024, 3)
     assert (config.objective, config.rgcl_k, config.rgcl_loss_weight) == ("rgcl", 12, 0.5)
+
+
+@pytest.mark.parametrize("fusion", fusion_names(ends_in_relu=True))
+def test_the_retrieval_embedding_of_a_relu_ended_fusion_is_the_layer_before_the_relu(fusion):
+    """RGCL's embedding: these fusions end in a ReLU, and `embeddings` is what goes into it (negative entries
+    kept), so the classifier's input is its ReLU; the other fusions' embeddings are the classifier's input."""
+    torch.manual_seed(0)
+    model = tiny_model(fusion, classifier_dropout=0.0).eval()
+    dataset = cached_embedding_dataset(model, size=8)
+    batch = MMFusionCollator(0)(list(dataset))
+    batch.pop("labels")
+    with torch.no_grad():
+        embeddings = model(**batch).embeddings
+        pooled = model.mmfusion(**batch).pooler_output
+    assert (embeddings < 0).any()
+    assert_close(pooled, torch.relu(embeddings))
+    assert_close(model.embed(**batch), F.normalize(embeddings, dim=-1))
+    plain = tiny_model("concat").eval()
+    with torch.no_grad():
+        assert_close(plain(**batch).embeddings, plain.mmfusion(**batch).pooler_output)

@@ -28,8 +28,10 @@ index, never from its shard; the in-batch term is over the rank's own micro-batc
 position in the training split (`DATASET_INDEX`, added to the training dataset here and passed through by the
 collator; keep `remove_unused_columns` false, train.py's default).
 
-One difference from RGCL's code: its embedding is the last pre-output layer's output before the ReLU; ours is the
-classifier's input (after it), the vector `embed` gives every retrieval path.
+The embedding is RGCL's: for the fusions whose representation ends in a ReLU (`Fusion.ends_in_relu`) the layer before
+it (`MMFusionModelOutput.retrieval_embeds`; RGCL's `mlp[:-2]`), else the classifier's input. On the ReLU's output
+(non-negative, so no two examples' cosine goes below 0) this loss shrank align's vectors to a norm of 0.02 and the
+classification term stopped learning (majority class on the benchmark's tweets); before the ReLU it does not.
 """
 
 from __future__ import annotations
