@@ -148,7 +148,8 @@ class RGCLTrainer(MMFusionTrainer):
     """`MMFusionTrainer` training with RGCL's objective (settings from the model's config: `rgcl_k`, `rgcl_margin`,
     `rgcl_loss_weight`, `rgcl_refresh_steps`). Evaluation and prediction are the usual ones.
 
-    Logs `rgcl_loss` and `ce_loss` (the two terms, averaged since the last log) beside `loss`.
+    Logs `rgcl_loss` and `ce_loss` (the two terms, averaged since the last log) beside `loss`; under several
+    processes they are the logging process's own batches' (`loss` is averaged over the processes).
     """
 
     def __init__(self, *args, **kwargs):
