@@ -38,7 +38,8 @@ probabilities averaged with a weight chosen on the validation split). Gaps are p
 (default: the cross-entropy model's head):
 
     OMP_NUM_THREADS=1 python benchmarks/bench_accuracy.py --objectives ce rgcl --fusions align --num_images 1 \
-        --train 4000 --validation 1000 --test 4000 --epochs 10 --learning_rate 1e-3 --output benchmarks/results/rgcl.json
+        --train 4000 --validation 1000 --test 4000 --epochs 10 --batch_size 64 --learning_rate 1e-3 --seeds 0 1 2 \
+        --output benchmarks/results/rgcl.json
 """
 
 from __future__ import annotations
