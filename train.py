@@ -36,6 +36,7 @@ from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
 from mmfusion.training.operating_point import run_operating_point
 from mmfusion.training.output_lock import OutputDirLock
+from mmfusion.training.rgcl import RGCLTrainer
 from mmfusion.training.setup import (
     build_model,
     build_processor,
@@ -134,7 +135,9 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         pad_to_multiple_of=8 if training_args.device.type == "cuda" else 1,
         num_labels=len(label_names) if multi_label else None,
     )
-    trainer = MMFusionTrainer(
+    # --objective rgcl: RGCL's retrieval-guided contrastive loss beside the classification loss.
+    trainer_class = RGCLTrainer if model.config.objective == "rgcl" else MMFusionTrainer
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=prepared[splits["train"]] if training_args.do_train else None,

@@ -28,6 +28,18 @@ gives the fresh layers (fusion, classifier) their own learning rate. Each model'
 pieces (other seeds, other fusions, in parallel processes) and be summarised together:
 
     python benchmarks/bench_accuracy.py --from_results a.json b.json --output all.json
+
+**Training objective and retrieval (issue 21).** `--objectives ce rgcl` trains each fusion with cross-entropy and
+with RGCL's objective (`train.py --objective rgcl`, `mmfusion.training.rgcl`) on the **frozen** text tower (its
+embeddings computed once, as train.py caches them) and scores three predictions of each model: `head` (the
+classifier), `knn` (RGCL's kNN classifier: the model's L2-normalised embeddings of the training split in a
+`VectorIndex`, the 20 nearest of each test example scored by `knn_scores`, rank-weighted) and `mixed` (head and kNN
+probabilities averaged with a weight chosen on the validation split). Gaps are paired by seed against `--baseline`
+(default: the cross-entropy model's head):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_accuracy.py --objectives ce rgcl --fusions align --num_images 1 \
+        --train 4000 --validation 1000 --test 4000 --epochs 10 --batch_size 64 --learning_rate 1e-3 --seeds 0 1 2 \
+        --output benchmarks/results/rgcl.json
 """
 
 from __future__ import annotations
@@ -55,9 +67,11 @@ from mmfusion.data.rows import UNLABELED, LabelEncoder, infer_class_names, is_mi
 from mmfusion.evaluation.metrics import best_model_metric, classification_metrics, metric_key  # noqa: E402
 from mmfusion.evaluation.predictions import probabilities_from_logits  # noqa: E402
 from mmfusion.evaluation.tables import markdown_table  # noqa: E402
+from mmfusion.retrieval import VectorIndex, knn_scores  # noqa: E402
 from mmfusion.torchvision_resnet import torchvision_resnet_config  # noqa: E402
 from mmfusion.training.collator import MMFusionCollator  # noqa: E402
-from mmfusion.training.columns import IMAGE_FEATURES  # noqa: E402
+from mmfusion.training.columns import IMAGE_FEATURES, TEXT_EMBEDS  # noqa: E402
+from mmfusion.training.rgcl import RGCLTrainer, embed_dataset  # noqa: E402
 from mmfusion.training.trainer import MMFusionTrainer  # noqa: E402
 
 DATA_NAME = "davidson_hate_offensive/labeled_data.csv"
@@ -65,6 +79,8 @@ DATA_CANDIDATES = (REPO_ROOT.parent / "shared" / "data" / DATA_NAME, Path("/work
 DAVIDSON_LABEL_NAMES = ["hate", "offensive", "neither"]  # its `class` 0, 1, 2
 IMAGE_SIZE = 224
 SPLIT_SEED = 0  # the splits and the image assignment: fixed, whatever --seeds says
+KNN_NEIGHBOURS = 20  # RGCL's kNN inference (--topk 20)
+MIX_WEIGHTS = np.linspace(0.0, 1.0, 11)  # the head's weight in `mixed`, chosen on validation
 
 
 def text_tower_path() -> str:
@@ -163,8 +179,14 @@ class FeatureCollator:
         return self.collator([{**row, IMAGE_FEATURES: self.features[row["image_index"]]} for row in rows])
 
 
-def train_and_score(fusion, seed, args, data, features, tokenizer, towers_dir, overrides, label_names) -> dict:
+def train_and_score(
+    fusion, seed, args, data, features, tokenizer, towers_dir, overrides, label_names, objective=None
+) -> dict | list[dict]:
+    """One model trained and scored on validation and test. With an `objective` (`--objectives`): the frozen text
+    tower, that training objective, and a list of three runs, the head's, kNN's and the mix's predictions."""
     set_seed(seed)
+    if objective is not None:
+        overrides = {"freeze_text_encoder": True, "objective": objective, **overrides}
     model = MMFusionForClassification.from_text_vision_pretrained(
         text_tower_path(),
         str(towers_dir / "vision"),
@@ -195,7 +217,8 @@ def train_and_score(fusion, seed, args, data, features, tokenizer, towers_dir, o
             seed=seed,
             use_cpu=not torch.cuda.is_available(),
         )
-        trainer = MMFusionTrainer(
+        trainer_class = RGCLTrainer if objective == "rgcl" else MMFusionTrainer
+        trainer = trainer_class(
             model=model,
             args=training_args,
             train_dataset=data["train"],
@@ -205,12 +228,33 @@ def train_and_score(fusion, seed, args, data, features, tokenizer, towers_dir, o
         started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - started
-        scores = {}
+        scores, head = {}, {}
         for split in ("validation", "test"):
             logits = trainer.predict(data[split]).predictions
             logits = logits[0] if isinstance(logits, tuple) else logits
-            probabilities = probabilities_from_logits(logits, model.config.problem_type)
-            scores[split] = classification_metrics(probabilities, np.asarray(data[split]["label"]), label_names)
+            head[split] = probabilities_from_logits(logits, model.config.problem_type)
+            scores[split] = classification_metrics(head[split], np.asarray(data[split]["label"]), label_names)
+        if objective is not None:
+            predictions = retrieval_predictions(model, data, collator, head, len(label_names))
+    if objective is not None:
+        runs = []
+        for name, (probabilities, extra) in predictions.items():
+            split_scores = {
+                split: classification_metrics(probabilities[split], np.asarray(data[split]["label"]), label_names)
+                for split in ("validation", "test")
+            }
+            runs.append(
+                {
+                    "fusion": f"{fusion} {objective} {name}",
+                    "seed": seed,
+                    "labels": label_names,
+                    "train_seconds": train_seconds,
+                    "config": overrides,
+                    **extra,
+                    **split_scores,
+                }
+            )
+        return runs
     return {
         "fusion": fusion,
         "seed": seed,
@@ -219,6 +263,58 @@ def train_and_score(fusion, seed, args, data, features, tokenizer, towers_dir, o
         "config": overrides,
         **scores,
     }
+
+
+def knn_probabilities(model, index: VectorIndex, train_labels: np.ndarray, dataset, collator, num_labels: int):
+    """RGCL's kNN classifier as class probabilities: `knn_scores` over the `KNN_NEIGHBOURS` nearest training examples
+    (in [-1, 1] per class), mapped to [0, 1] and normalised per row (argmax and per-class ranking kept)."""
+    queries = embed_dataset(model, dataset, collator, 256, model.device)
+    similarities, positions = index.search(queries, KNN_NEIGHBOURS)
+    neighbour_labels = np.where(positions >= 0, train_labels[np.clip(positions, 0, None)], -1)
+    scores = (knn_scores(similarities, neighbour_labels, num_labels) + 1.0) / 2.0
+    return scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def retrieval_predictions(model, data, collator, head: dict, num_labels: int) -> dict[str, tuple[dict, dict]]:
+    """{"head" | "knn" | "mixed": ({split: probabilities}, extra fields of the run)}: the kNN classifier over the
+    training split's embeddings (the trained model's, eval mode), and the head/kNN mix whose weight maximises the
+    validation split's headline metric."""
+    train_labels = np.asarray(data["train"]["label"])
+    index = VectorIndex(embed_dataset(model, data["train"], collator, 256, model.device))
+    knn = {
+        split: knn_probabilities(model, index, train_labels, data[split], collator, num_labels)
+        for split in ("validation", "test")
+    }
+    label_names = [str(index) for index in range(num_labels)]
+    key = best_model_metric(num_labels)
+    validation_labels = np.asarray(data["validation"]["label"])
+
+    def mix(weight, split):
+        return weight * head[split] + (1.0 - weight) * knn[split]
+
+    chosen = max(
+        MIX_WEIGHTS, key=lambda w: classification_metrics(mix(w, "validation"), validation_labels, label_names)[key]
+    )
+    mixed = {split: mix(chosen, split) for split in ("validation", "test")}
+    return {"head": (head, {}), "knn": (knn, {}), "mixed": (mixed, {"head_weight": float(chosen)})}
+
+
+@torch.inference_mode()
+def add_frozen_text_embeddings(data: dict[str, Dataset], towers_dir: Path, pad_token_id: int) -> dict[str, Dataset]:
+    """Each split with its captions' embeddings by the frozen text tower (`text_embeds`, computed once, as train.py
+    caches them): the tower is pretrained, the same for every seed and objective."""
+    model = MMFusionForClassification.from_text_vision_pretrained(
+        text_tower_path(), str(towers_dir / "vision"), fusion="text", num_labels=2, freeze_text_encoder=True
+    ).eval()
+    collator = MMFusionCollator(pad_token_id=pad_token_id)
+    result = {}
+    for name, dataset in data.items():
+        vectors = []
+        for start in range(0, len(dataset), 256):
+            batch = collator.pad_text(dataset.select(range(start, min(start + 256, len(dataset)))).to_list())
+            vectors.append(model.text_embeddings(**batch).float())
+        result[name] = dataset.add_column(TEXT_EMBEDS, torch.cat(vectors).numpy().tolist())
+    return result
 
 
 def parse_overrides(values: list[str]) -> dict[str, dict]:
@@ -269,27 +365,30 @@ def summarise(runs: list[dict], split: str = "test") -> list[dict]:
     return rows
 
 
-def paired_gap(runs: list[dict], fusion: str, split: str = "test") -> tuple[float, float, int] | None:
-    """The headline metric (`headline`) of `fusion` minus the text-only model's, per seed (same splits, images and
-    data order): (mean, standard error, number of seeds), in points; None without a text-only run of a common seed.
-    The standard error says whether the seeds run can resolve the gap at all."""
+def paired_gap(
+    runs: list[dict], fusion: str, split: str = "test", baseline: str = "text"
+) -> tuple[float, float, int] | None:
+    """The headline metric (`headline`) of `fusion` minus the `baseline` model's (the text-only one), per seed (same
+    splits, images and data order): (mean, standard error, number of seeds), in points; None without a baseline run
+    of a common seed. The standard error says whether the seeds run can resolve the gap at all."""
     key, _ = headline(run_labels(runs))
     scores = {(run["fusion"], run["seed"]): 100 * run[split][key] for run in runs}
-    seeds = [seed for name, seed in scores if name == fusion and ("text", seed) in scores]
-    gaps = [scores[fusion, seed] - scores["text", seed] for seed in seeds]
+    seeds = [seed for name, seed in scores if name == fusion and (baseline, seed) in scores]
+    gaps = [scores[fusion, seed] - scores[baseline, seed] for seed in seeds]
     if not gaps:
         return None
     error = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
     return float(np.mean(gaps)), error, len(gaps)
 
 
-def markdown(rows: list[dict], runs: list[dict], split: str) -> str:
-    """The table of `summarise`, with each model's `paired_gap` to the text-only model: mean ± standard error."""
-    header = [f"model ({split})", "seeds", *reported_metrics(run_labels(runs)).values(), "vs text-only"]
+def markdown(rows: list[dict], runs: list[dict], split: str, baseline: str = "text") -> str:
+    """The table of `summarise`, with each model's `paired_gap` to `baseline`: mean ± standard error."""
+    title = "text-only" if baseline == "text" else baseline
+    header = [f"model ({split})", "seeds", *reported_metrics(run_labels(runs)).values(), f"vs {title}"]
     table = []
     for row in rows:
         cells = [f"{row[key][0]:.1f} ± {row[key][1]:.1f}" for key in list(row)[2:]]
-        gap = None if row["fusion"] == "text" else paired_gap(runs, row["fusion"], split)
+        gap = None if row["fusion"] == baseline else paired_gap(runs, row["fusion"], split, baseline)
         delta = "" if gap is None else f"{gap[0]:+.1f}" + (f" ± {gap[1]:.1f}" if gap[2] > 1 else "")
         table.append([row["fusion"], row["seeds"], *cells, delta])
     return "\n".join(markdown_table(header, table)).rstrip()
@@ -327,6 +426,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fusion_learning_rate", type=float, default=None)
     parser.add_argument("--max_length", type=int, default=48)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FUSION:KEY=VALUE")
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        choices=["ce", "rgcl"],
+        default=None,
+        help="train each fusion with these objectives on the frozen text tower and score head, kNN and mixed "
+        "predictions (default: the fine-tuning benchmark, cross-entropy only)",
+    )
+    parser.add_argument(
+        "--baseline", default=None, help="the model the gaps are paired against (default: text, or '<fusion> ce head')"
+    )
     parser.add_argument("--output", type=Path, default=None, help="write every run and the summary as JSON")
     parser.add_argument(
         "--from_results",
@@ -338,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.from_results:
         runs = [run for path in args.from_results for run in json.loads(path.read_text())["runs"]]
-        print_tables(runs)
+        print_tables(runs, args.baseline or "text")
         write_results(args, runs)
         return 0
     davidson = args.data is None or args.data.name == Path(DATA_NAME).name
@@ -363,31 +473,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {len(split['label'])} texts ({', '.join(f'{n} {c}' for n, c in zip(label_names, counts))})")
     features, tower = synthetic_image_features(args.num_images)
     overrides = parse_overrides(args.overrides)
+    objectives = args.objectives or [None]
+    baseline = args.baseline or ("text" if args.objectives is None else f"{args.fusions[0]} ce head")
     runs = []
     with tempfile.TemporaryDirectory() as towers:
         tower.save_pretrained(Path(towers) / "vision")
+        if args.objectives is not None:
+            data = add_frozen_text_embeddings(data, Path(towers), tokenizer.pad_token_id)
         for seed in args.seeds:
             for fusion in args.fusions:
-                settings = {**overrides.get("all", {}), **overrides.get(fusion, {})}
-                run = train_and_score(
-                    fusion, seed, args, data, features, tokenizer, Path(towers), settings, label_names
-                )
-                runs.append(run)
-                key, title = headline(label_names)
-                print(
-                    f"{fusion:>9} seed {seed}: test {title} {100 * run['test'][key]:.1f}, accuracy "
-                    f"{100 * run['test']['accuracy']:.1f} (validation {title} {100 * run['validation'][key]:.1f}); "
-                    f"trained in {run['train_seconds']:.0f} s",
-                    flush=True,
-                )
-                write_results(args, runs)  # after every run: a long benchmark cut short keeps what it measured
-    print_tables(runs)
+                for objective in objectives:
+                    settings = {**overrides.get("all", {}), **overrides.get(fusion, {})}
+                    result = train_and_score(
+                        fusion, seed, args, data, features, tokenizer, Path(towers), settings, label_names, objective
+                    )
+                    for run in result if isinstance(result, list) else [result]:
+                        runs.append(run)
+                        key, title = headline(label_names)
+                        print(
+                            f"{run['fusion']:>9} seed {seed}: test {title} {100 * run['test'][key]:.1f}, accuracy "
+                            f"{100 * run['test']['accuracy']:.1f} (validation {title} "
+                            f"{100 * run['validation'][key]:.1f}); trained in {run['train_seconds']:.0f} s",
+                            flush=True,
+                        )
+                    write_results(args, runs)  # after every run: a long benchmark cut short keeps what it measured
+    print_tables(runs, baseline)
     return 0
 
 
-def print_tables(runs: list[dict]) -> None:
+def print_tables(runs: list[dict], baseline: str = "text") -> None:
     for split in ("validation", "test"):
-        print(f"\n{markdown(summarise(runs, split), runs, split)}")
+        print(f"\n{markdown(summarise(runs, split), runs, split, baseline)}")
 
 
 if __name__ == "__main__":

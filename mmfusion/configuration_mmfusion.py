@@ -11,7 +11,7 @@ import math
 from transformers import AutoConfig, BertConfig, PretrainedConfig, ResNetConfig
 
 from .decisions import check_decision_threshold, check_temperature, is_multi_label
-from .fusions import FUSIONS, fusion_settings
+from .fusions import FUSIONS, FusionSetting, fusion_settings
 from .pipeline_mmfusion import custom_pipelines_entry  # imported so the pipeline file is copied beside the config
 
 # Towers of contrastive dual encoders (CLIP, SigLIP): their pooled output is the tower's own embedding head (CLIP's
@@ -31,6 +31,35 @@ DUAL_ENCODER_TOWERS = frozenset(
 # first token's state where it has none), "cls" (the first token's last hidden state), "mean" (mean over the real
 # tokens, what sentence-transformers models such as all-MiniLM-L6-v2 were trained with).
 TEXT_POOLINGS = ("pooler", "cls", "mean")
+# The training objective: declared once here (stored in the config, so a checkpoint says how it was trained) and
+# offered as train.py flags (`model_arguments_class`), like the fusions' settings. `rgcl`: RGCL's retrieval-guided
+# contrastive loss beside the classification loss (`mmfusion.training.rgcl`).
+OBJECTIVES = ("ce", "rgcl")
+OBJECTIVE_SETTINGS = {
+    "objective": FusionSetting(
+        "ce",
+        "Training objective: `ce`, the classification loss alone (cross-entropy; BCE per label for multi-label); "
+        "`rgcl`, RGCL's retrieval-guided contrastive loss (hard negatives and pseudo-gold positives mined from the "
+        "training split's embeddings, Mei et al. 2024) weighted `rgcl_loss_weight`, plus the classification loss "
+        "weighted 1 - it. Single-label tasks.",
+        choices=OBJECTIVES,
+    ),
+    "rgcl_k": FusionSetting(
+        12,
+        "(rgcl) Nearest training examples searched per example for its hard negative and "
+        "pseudo-gold positive (itself excluded).",
+    ),
+    "rgcl_margin": FusionSetting(0.1, "(rgcl) Margin of the triplet loss."),
+    "rgcl_loss_weight": FusionSetting(
+        0.5, "(rgcl) Weight of the contrastive loss; the classification loss is weighted 1 - it."
+    ),
+    "rgcl_refresh_steps": FusionSetting(
+        None,
+        "(rgcl) Rebuild the retrieval index (the training split embedded by the model in eval mode) every this "
+        "many optimizer steps; unset: at the start of every epoch, as RGCL does.",
+        type=int,
+    ),
+}
 # At most 7x7 image tokens by default: what a ResNet gives at 224 px, and the cost of early fusion grows with it.
 MAX_DEFAULT_IMAGE_GRID = 7
 
@@ -200,8 +229,15 @@ class MMFusionConfig(PretrainedConfig):
         self.decision_threshold = decision_threshold
         self.decision_policy = decision_policy
         self.decision_figures = decision_figures
-        # Every registered fusion's settings, with their defaults (what a config saved without one means).
+        # Every registered fusion's settings, with their defaults (what a config saved without one means): the
+        # fusion's own where it has one (align: RGCL's head); None (an unset train.py flag) means the same.
+        fusion_class = FUSIONS.get(fusion)
         for name, setting in fusion_settings().items():
+            value = kwargs.pop(name, None)
+            if value is None:
+                value = fusion_class.default_setting(name) if fusion_class is not None else setting.default
+            setattr(self, name, value)
+        for name, setting in OBJECTIVE_SETTINGS.items():
             setattr(self, name, kwargs.pop(name, setting.default))
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         # Every saved checkpoint is a pipeline: pipeline("image-text-classification", model=..., trust_remote_code=True)
@@ -280,6 +316,24 @@ class MMFusionConfig(PretrainedConfig):
                 f"With this tower use fusion= {', '.join(working)}."
             )
         fusion.validate(self)
+        self.validate_objective()
+
+    def validate_objective(self) -> None:
+        """The training objective's settings (`OBJECTIVE_SETTINGS`)."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}.")
+        if self.rgcl_k < 1 or not 0.0 <= self.rgcl_loss_weight <= 1.0 or self.rgcl_margin < 0:
+            raise ValueError(
+                f"rgcl_k must be >= 1, rgcl_loss_weight in [0, 1] and rgcl_margin >= 0; got {self.rgcl_k}, "
+                f"{self.rgcl_loss_weight} and {self.rgcl_margin}."
+            )
+        if self.rgcl_refresh_steps is not None and self.rgcl_refresh_steps < 1:
+            raise ValueError(f"rgcl_refresh_steps must be >= 1 or unset; got {self.rgcl_refresh_steps}.")
+        if self.objective == "rgcl" and (is_multi_label(self) or self.problem_type == "regression"):
+            raise ValueError(
+                f"objective='rgcl' needs single-label classes (a hard negative is the nearest example of another "
+                f"class); this model is {self.problem_type}. Use objective='ce'."
+            )
 
 
 def _settings_docstring() -> str:
@@ -287,13 +341,25 @@ def _settings_docstring() -> str:
     entries = []
     for name, setting in fusion_settings().items():
         users = ", ".join(f"`{fusion}`" for fusion, cls in FUSIONS.items() if name in cls.settings)
+        own = "".join(
+            f" (`{fusion}`: `{cls.setting_defaults[name]!r}`)"
+            for fusion, cls in FUSIONS.items()
+            if name in cls.setting_defaults
+        )
         entries.append(
-            f"        {name} (`{setting.value_type.__name__}`, *optional*, defaults to `{setting.default!r}`):\n"
+            f"        {name} (`{setting.value_type.__name__}`, *optional*, defaults to `{setting.default!r}`{own}):\n"
             f"            ({users}) {setting.help}"
         )
+    objective = [
+        f"        {name} (`{setting.value_type.__name__}`, *optional*, defaults to `{setting.default!r}`):\n"
+        f"            {setting.help}"
+        for name, setting in OBJECTIVE_SETTINGS.items()
+    ]
     return (
         "\n    Fusion settings (declared by the fusions in `FUSIONS`; see `fusions.py`):\n\n"
         + "\n".join(entries)
+        + "\n\n    Training objective (`OBJECTIVE_SETTINGS`):\n\n"
+        + "\n".join(objective)
         + "\n"
     )
 
@@ -305,6 +371,8 @@ __all__ = [
     "DUAL_ENCODER_TOWERS",
     "FUSIONS",
     "TEXT_POOLINGS",
+    "OBJECTIVES",
+    "OBJECTIVE_SETTINGS",
     "MMFusionConfig",
     "default_num_image_tokens",
     "vision_feature_size",

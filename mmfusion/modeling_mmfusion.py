@@ -38,8 +38,9 @@ class MMFusionClassifierOutput(SequenceClassifierOutput):
     """
     `SequenceClassifierOutput` plus `fusion_attentions`: attention fusion's own weights (see `MMFusionModelOutput`),
     and `embeddings`: the fused representation the classifier reads (before its dropout), of shape
-    `(batch_size, output_size)`. Retrieval (nearest labelled examples, RGCL's objective) works on these, L2-normalised
-    (see `MMFusionForClassification.embed`). The Trainer leaves them out of its predictions
+    `(batch_size, output_size)`, or for the fusions whose representation ends in a ReLU (`Fusion.ends_in_relu`) the
+    layer before that ReLU (`MMFusionModelOutput.retrieval_embeds`, RGCL's embedding). Retrieval (nearest labelled
+    examples, RGCL's objective) works on these, L2-normalised (see `MMFusionForClassification.embed`). The Trainer leaves them out of its predictions
     (`MMFusionConfig.keys_to_ignore_at_inference`).
     """
 
@@ -572,7 +573,7 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             fusion_attentions=outputs.fusion_attentions,
-            embeddings=outputs.pooler_output,
+            embeddings=outputs.pooler_output if outputs.retrieval_embeds is None else outputs.retrieval_embeds,
         )
 
     def embed(self, **inputs) -> torch.Tensor:

@@ -172,6 +172,7 @@ PRESETS = [
     "recommended_early",
     "sentiment_3class",
     "hateful_memes_clip_cross",
+    "hateful_memes_clip_rgcl",
 ]
 
 
@@ -194,6 +195,14 @@ def test_training_presets_parse_with_train_py_arguments(repo_root, preset):
         assert model_args.fusion == "cross" and model_args.freeze_text_encoder and model_args.freeze_vision_encoder
         assert model_args.text_model_name_or_path == model_args.vision_model_name_or_path
         assert data_args.validation_split == "dev_seen"  # model selection never on a test split
+    if preset == "hateful_memes_clip_rgcl":  # RGCL's run_rac.py settings (issue 21)
+        assert (model_args.fusion, model_args.objective, model_args.rgcl_k, model_args.rgcl_margin) == (
+            "align", "rgcl", 12, 0.1)  # fmt: skip
+        assert (model_args.fusion_map_dim, model_args.fusion_num_pre_output_layers) == (1024, 3)
+        assert not model_args.dual_encoder_projections and model_args.freeze_text_encoder
+        assert (training_args.per_device_train_batch_size, training_args.max_grad_norm) == (64, 0.1)
+        assert (training_args.num_train_epochs, training_args.lr_scheduler_type.value) == (30, "constant")
+        assert data_args.validation_split == "dev_seen" and training_args.metric_for_best_model == "auroc"
     if preset == "sentiment_3class":
         assert data_args.class_names == ["negative", "neutral", "positive"]
         assert training_args.metric_for_best_model == "macro_f1"

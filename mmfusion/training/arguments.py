@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..configuration_mmfusion import TEXT_POOLINGS
+from ..configuration_mmfusion import OBJECTIVE_SETTINGS, TEXT_POOLINGS
 from ..data.options import LoaderArguments
 from ..fusions import FUSIONS, fusion_names, fusion_settings
 from .precision import PRECISIONS, resolve_precision
@@ -114,6 +114,13 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=1000, metadata={"help": "Vocabulary of the tokenizer trained on the captions (small text tower)."}
     )
+    dual_encoder_projections: bool = field(
+        default=True,
+        metadata={
+            "help": "With one dual encoder (CLIP) for both towers, read its embeddings through its projections into "
+            "the joint space (text_projection/visual_projection); false: the towers' pooler outputs, as RGCL does."
+        },
+    )
 
 
 def model_arguments_class() -> type[ModelArguments]:
@@ -131,7 +138,19 @@ def model_arguments_class() -> type[ModelArguments]:
             continue
         users = ", ".join(fusion for fusion, cls in FUSIONS.items() if name in cls.settings)
         help_text = f"({users}) {setting.help}"
-        fields.append((name, setting.value_type, field(default=setting.default, metadata={"help": help_text})))
+        default = setting.default
+        own = {fusion: cls.setting_defaults[name] for fusion, cls in FUSIONS.items() if name in cls.setting_defaults}
+        if own:  # unset: the chosen fusion's own default (the config resolves it)
+            default, value_type = None, setting.value_type | None
+            help_text += f" Default: {setting.default}" + "".join(f"; {f}: {value}" for f, value in own.items())
+            fields.append((name, value_type, field(default=default, metadata={"help": help_text})))
+            continue
+        fields.append((name, setting.value_type, field(default=default, metadata={"help": help_text})))
+    # The training objective's settings, declared once in the config (`OBJECTIVE_SETTINGS`).
+    for name, setting in OBJECTIVE_SETTINGS.items():
+        value_type = setting.value_type if setting.default is not None else setting.value_type | None
+        metadata = {"help": setting.help} | ({"choices": list(setting.choices)} if setting.choices else {})
+        fields.append((name, value_type, field(default=setting.default, metadata=metadata)))
     return make_dataclass("ModelArguments", fields, bases=(ModelArguments,))
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .columns import IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, TEXT_EMBEDS, TEXT_INPUTS
+from .columns import DATASET_INDEX, IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, TEXT_EMBEDS, TEXT_INPUTS
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class MMFusionCollator:
         # else: no image column, prepared for a model without a vision tower (the text-only baseline)
         if "label" in first:
             batch.update(self.labels(rows))
+        if DATASET_INDEX in first:  # RGCL's trainer finds each example's mined neighbours by it
+            batch[DATASET_INDEX] = torch.tensor([int(row[DATASET_INDEX]) for row in rows], dtype=torch.long)
         return batch
 
     def labels(self, rows: list[dict]) -> dict[str, torch.Tensor]:

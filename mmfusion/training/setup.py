@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoProcessor
 from transformers.utils import logging
 
 from ..checkpoints import check_checkpoint
-from ..configuration_mmfusion import DUAL_ENCODER_TOWERS, MMFusionConfig
+from ..configuration_mmfusion import DUAL_ENCODER_TOWERS, OBJECTIVE_SETTINGS, MMFusionConfig
 from ..data import load_image_text_dataset
 from ..decisions import MULTI_LABEL
 from ..evaluation.predictions import has_label
@@ -192,6 +192,11 @@ def build_model(
                 f"{model_args.model_name_or_path} is {'' if model.config.problem_type == MULTI_LABEL else 'not '}a "
                 f"multi-label model (problem_type {model.config.problem_type!r}); the data's task is {kind}."
             )
+        # This run's objective (the flags), recorded in the config it saves.
+        for name in OBJECTIVE_SETTINGS:
+            if hasattr(model_args, name):
+                setattr(model.config, name, getattr(model_args, name))
+        model.config.validate_objective()
         return model
     settings = dict(
         fusion=model_args.fusion,
@@ -215,8 +220,12 @@ def build_model(
             if name != "image_gate" and hasattr(model_args, name)
         }
     )
+    # The training objective (`OBJECTIVE_SETTINGS`, flags from `model_arguments_class`).
+    settings.update({name: getattr(model_args, name) for name in OBJECTIVE_SETTINGS if hasattr(model_args, name)})
     if model_args.image_gate is not None:  # else: on for pretrained towers (from_text_vision_pretrained), off here
         settings["image_gate"] = model_args.image_gate
+    if not model_args.dual_encoder_projections:  # a dual encoder's pooler outputs (RGCL)
+        settings["projection_dim"] = None
     if model_args.text_pooling is not None:  # else: the tower's own (sentence-transformers) or the config default
         settings["text_pooling"] = model_args.text_pooling
     if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
