@@ -572,14 +572,8 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
         """Embed a processed batch (`forward`'s inputs) with this model, frozen (eval mode, no gradient), and add the
         rows to `self.memory` (created when the model has none). Ids already there are refused, naming them."""
         if self.memory is None:
-            names = [self.config.id2label[i] for i in sorted(self.config.id2label, key=int)]
-            self.memory = LabelledMemory.empty(
-                self.mmfusion.output_size,
-                label_names=names,
-                fingerprint=model_fingerprint(self),
-                multi_label=self.config.problem_type == "multi_label_classification",
-            )
-        elif self.memory.fingerprint != model_fingerprint(self):
+            self.memory = self.empty_memory()
+        else:
             self.memory.check_model(self)
         training = self.training
         self.eval()
@@ -590,6 +584,24 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             self.train(training)
         self.memory.add(ids, embeddings, labels, captions=captions, images=images)
         return self.memory
+
+    def empty_memory(self) -> LabelledMemory:
+        """A memory with no rows for this model: its fingerprint, classes and embedding width."""
+        names = [self.config.id2label[i] for i in sorted(self.config.id2label, key=int)]
+        return LabelledMemory.empty(
+            self.mmfusion.output_size,
+            label_names=names,
+            fingerprint=model_fingerprint(self),
+            multi_label=self.config.problem_type == "multi_label_classification",
+        )
+
+    def save_memory(self, save_directory) -> None:
+        """Write `self.memory` into `save_directory` (atomically, see `LabelledMemory.save`), after checking that this
+        model built it (`MemoryMismatchError` otherwise, and nothing is written)."""
+        if self.memory is None:
+            raise LabelledMemoryError("This model has no labelled memory to save.")
+        self.memory.check_model(self)
+        self.memory.save(save_directory)
 
     def memory_probabilities(self, head_probabilities, embeddings, mode: str | None = None):
         """The probabilities of the config's `prediction_mode` (or `mode`): the head's as given, or combined with the
