@@ -225,3 +225,84 @@ def test_pipeline_without_mmfusion_returns_neighbours(checkpoint, trained_demo_c
         [n["similarity"] for n in got["neighbors"]], [n["similarity"] for n in expected["neighbors"]], atol=1e-5
     )
     assert got["labels"][0]["label"] == expected["label"]
+
+
+def test_onnx_export_carries_the_memory_and_the_mode(checkpoint, trained_demo_checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mmfusion.inference.export import export_onnx
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update(prediction_mode="knn", knn_k=5)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    info = export_onnx(checkpoint, tmp_path / "onnx")
+    assert info.outputs == ["logits", "embeddings"] and info.memory_rows == 400
+    test = trained_demo_checkpoint.dataset["test"]
+    images, texts = test[:5]["image"], test[:5]["text"]
+    torch_predictor = MMFusionPredictor.from_pretrained(checkpoint, device="cpu")
+    onnx_predictor = MMFusionPredictor.from_pretrained(tmp_path / "onnx", backend="onnx", device="cpu")
+    ours = torch_predictor.predict_batch(images, texts, neighbors=4)
+    theirs = onnx_predictor.predict_batch(images, texts, neighbors=4)
+    for a, b in zip(ours, theirs):
+        assert [n["id"] for n in a["neighbors"]] == [n["id"] for n in b["neighbors"]]
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
+    # a memory from another model beside the graph is refused
+    export_info = json.loads((tmp_path / "onnx" / "onnx_export.json").read_text())
+    export_info["model_fingerprint"] = "0" * 16
+    (tmp_path / "onnx" / "onnx_export.json").write_text(json.dumps(export_info))
+    with pytest.raises(ValueError, match="built by another model"):
+        MMFusionPredictor.from_pretrained(tmp_path / "onnx", backend="onnx", device="cpu")
+
+
+def test_the_app_shows_the_nearest_labelled_examples_beside_the_verdict(
+    memory_checkpoint, trained_demo_checkpoint, tmp_path, repo_root
+):
+    import importlib.util
+
+    pytest.importorskip("gradio")
+    spec = importlib.util.spec_from_file_location("mmfusion_demo_app", repo_root / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    predictor = MMFusionPredictor.from_pretrained(memory_checkpoint, device="cpu")
+    row = trained_demo_checkpoint.dataset["validation"][3]  # in the memory: found first
+    row["image"].save(tmp_path / "meme.png")
+    rows, note = app.nearest_examples(predictor, str(tmp_path / "meme.png"), row["text"])
+    expected = predictor.predict(tmp_path / "meme.png", row["text"], neighbors=app.NEIGHBOR_COUNT)["neighbors"]
+    assert [r[0] for r in rows] == [n["id"] for n in expected] and rows[0][0] == str(row["id"])
+    assert rows[0][1] == predictor.label_names[row["label"]] and rows[0][3] == row["text"]
+    assert "Prediction mode `head`" in note and "400 labelled examples" in note
+    assert {"/classify", "/neighbors", "/explain"} <= set(app.build_demo(predictor).get_api_info()["named_endpoints"])
+    plain = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path, device="cpu")
+    assert app.nearest_examples(plain, str(tmp_path / "meme.png"), row["text"])[0] == []
+
+
+def test_train_py_builds_the_memory_and_chooses_the_mode_on_validation(tmp_path, repo_root, tiny_train_args):
+    import importlib.util
+
+    import pandas as pd
+
+    from mmfusion.data import load_demo_dataset
+
+    spec = importlib.util.spec_from_file_location("train_script", repo_root / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    output = tmp_path / "run"
+    train.main([*tiny_train_args, "--output_dir", str(output), "--fusion", "align", "--num_train_epochs", "1",
+                "--max_train_samples", "96", "--max_eval_samples", "48", "--report_explained_errors", "0",
+                "--knn_k", "7"])  # fmt: skip
+    config = json.loads((output / "config.json").read_text())
+    selection = config["memory_selection"]
+    assert selection["split"] == "validation" and selection["metric"] == "auroc"
+    assert set(selection["candidates"]) == {"head", "knn", "mix_0.25", "mix_0.5", "mix_0.75"}
+    best = max(selection["candidates"].values())
+    assert selection["candidates"][selection["chosen"]] == best and config["knn_k"] == 7
+    assert config["prediction_mode"] == selection["chosen"].split("_")[0]
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    demo = load_demo_dataset()
+    assert model.memory.ids == [str(i) for i in demo["train"]["id"][:96]]
+    # the predictions train.py wrote are the predictor's, in the chosen mode
+    written = pd.read_csv(output / "predictions_test.csv", dtype={"id": str})
+    predictions = MMFusionPredictor.from_pretrained(output, device="cpu").predict_dataset(
+        demo["test"].select(range(len(written))), progress=False
+    )
+    assert predictions.ids == written["id"].tolist()
+    np.testing.assert_allclose(predictions.probabilities[:, 1], written["proba"], atol=1e-5)
