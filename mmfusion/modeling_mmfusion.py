@@ -550,13 +550,14 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, plus the checkpoint's labelled memory as `model.memory` (None when it
         has none); a memory another model built (fingerprint mismatch) is refused."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
         if pretrained_model_name_or_path is not None:
             folder = _memory_folder(pretrained_model_name_or_path, kwargs)
             model.memory = LabelledMemory.load(folder) if folder is not None else None
             if model.memory is not None:
                 model.memory.check_model(model, where=f"The memory in {folder}")
-        return model
+        return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the labelled memory when the model has one that it built (any
