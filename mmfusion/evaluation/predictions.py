@@ -196,6 +196,9 @@ class Predictions:
             its threshold predicted).
         neighbors (`list[list[dict]]`, *optional*): per row, the nearest labelled examples of the model's memory
             (`{"id", "label", "similarity", "caption", "image"}`, best first), when asked for; in each record.
+        head_probabilities (`np.ndarray`, *optional*): the classifier head's probabilities (temperature applied) when
+            `probabilities` come from another prediction mode (kNN over the labelled memory, or a mix); the report's
+            calibration section measures the temperature on these.
     """
 
     ids: list[str]
@@ -209,6 +212,7 @@ class Predictions:
     logits: np.ndarray | None = None
     multi_label: bool = False
     neighbors: list[list[dict]] | None = None
+    head_probabilities: np.ndarray | None = None
 
     def __post_init__(self):
         self.ids = [str(i) for i in self.ids]
@@ -235,6 +239,8 @@ class Predictions:
         if len(self.texts) != count:
             raise ValueError(f"Predictions: {count} ids but {len(self.texts)} texts.")
         self.threshold = check_decision_threshold(self.threshold, len(self.label_names), multi_label=self.multi_label)
+        if self.head_probabilities is not None:
+            self.head_probabilities = np.asarray(self.head_probabilities, dtype=np.float64)
         if self.logits is not None:
             self.logits = np.asarray(self.logits, dtype=np.float64)
             if self.logits.shape != self.probabilities.shape:

@@ -92,6 +92,7 @@ class MMFusionTrainer(Trainer):
         return Predictions(
             ids=raw_split["id"],
             probabilities=config_probabilities(logits, self.model.config, knn_scores=knn_scores),
+            head_probabilities=config_probabilities(logits, self.model.config) if knn_scores is not None else None,
             label_names=(feature.feature if multi_label else feature).names,
             true_labels=raw_split["label"],
             texts=raw_split["text"],
