@@ -34,7 +34,7 @@ from mmfusion.training.baselines import baseline_arguments, read_baseline_report
 from mmfusion.training.card import MODEL_CARD_TEMPLATE, card_arguments
 from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
-from mmfusion.training.memory import run_memory_step
+from mmfusion.training.memory import metrics_in_mode, run_memory_step
 from mmfusion.training.operating_point import run_operating_point
 from mmfusion.training.output_lock import OutputDirLock
 from mmfusion.training.setup import (
@@ -215,6 +215,8 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         )
         if training_args.do_eval and is_labeled(raw[name]) and name != splits["train"]:
             ablations[name] = trainer.ablation_probabilities(prepared[name], processor)
+
+    metrics_in_mode(results, predictions, splits, model.config)  # a memory's mode: the metrics of what it predicts
 
     # 8. Outputs (main process): metrics, predictions in the challenge format, the report and the model card.
     if trainer.is_world_process_zero():

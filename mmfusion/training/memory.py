@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from ..decisions import is_multi_label
 from ..evaluation.metrics import best_model_metric, classification_metrics, multi_label_metrics
 from ..evaluation.predictions import config_probabilities, multi_hot
-from ..memory import LabelledMemory
+from ..memory import LabelledMemory, model_fingerprint
 
 MIX_WEIGHTS = (0.25, 0.5, 0.75)
 
@@ -91,6 +91,9 @@ def run_memory_step(trainer, raw, prepared, splits, model_args) -> dict:
     `run_operating_point` (after the temperature, before the threshold)."""
     model = trainer.model
     collator, batch_size = trainer.data_collator, trainer.args.per_device_eval_batch_size
+    if getattr(model, "memory", None) is not None and model.memory.fingerprint != model_fingerprint(model):
+        logger.warning("The labelled memory loaded with the model no longer matches its trained weights: dropped.")
+        model.memory = None
     if model_args.build_memory and trainer.args.do_train:
         model.config.knn_k = model_args.knn_k
         train = splits["train"]
@@ -120,8 +123,31 @@ def mode_chooser(knn_scores, label_names, *, split: str, forced=None):
     return choose
 
 
+def metrics_in_mode(results: dict, predictions: dict, splits: dict, config) -> dict:
+    """When the model predicts with its memory (mode `knn`/`mix`), `results`' `eval_*`/`test_*` metrics become those
+    of the probabilities it predicts (what the report, the model card and the predictor give; the Trainer computed
+    them from the head's logits), the head's kept as `eval_head_*`/`test_head_*`. Same metric definitions as the
+    Trainer's `compute_metrics` (argmax; multi-label: 0.5 per label)."""
+    if getattr(config, "prediction_mode", "head") == "head":
+        return results
+    for role, prefix in (("validation", "eval"), ("test", "test")):
+        split = predictions.get(splits.get(role))
+        if split is None or not split.labeled.any():
+            continue
+        if split.multi_label:
+            metrics = multi_label_metrics(split.probabilities, split.true_labels, split.label_names)
+        else:
+            metrics = classification_metrics(split.probabilities, split.true_labels, split.label_names)
+        for key, value in metrics.items():
+            name = f"{prefix}_{key}"
+            if name in results and isinstance(value, (int, float)):
+                results[f"{prefix}_head_{key}"], results[name] = results[name], value
+    return results
+
+
 __all__ = [
     "MIX_WEIGHTS",
+    "metrics_in_mode",
     "build_training_memory",
     "choose_prediction_mode",
     "mode_chooser",
