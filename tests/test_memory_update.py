@@ -299,6 +299,7 @@ def test_train_py_builds_the_memory_and_chooses_the_mode_on_validation(tmp_path,
     model = AutoModelForSequenceClassification.from_pretrained(output)
     demo = load_demo_dataset()
     assert model.memory.ids == [str(i) for i in demo["train"]["id"][:96]]
+    assert all(path and path.endswith(".png") for path in model.memory.images)  # shown beside a neighbour
     # the predictions train.py wrote are the predictor's, in the chosen mode
     written = pd.read_csv(output / "predictions_test.csv", dtype={"id": str})
     predictions = MMFusionPredictor.from_pretrained(output, device="cpu").predict_dataset(

@@ -49,8 +49,24 @@ def build_training_memory(model, raw_split, prepared_split, collator, batch_size
     labels = raw_split["label"]
     labels = multi_hot(labels, len(memory.label_names)) if multi_label else np.asarray(labels, dtype=np.int64)
     embeddings = split_embeddings(model, prepared_split, collator, batch_size)
-    memory.add([str(i) for i in raw_split["id"]], embeddings, labels, captions=raw_split["text"])
+    memory.add(
+        [str(i) for i in raw_split["id"]],
+        embeddings,
+        labels,
+        captions=raw_split["text"],
+        images=image_paths(raw_split),
+    )
     return memory
+
+
+def image_paths(raw_split) -> list[str | None] | None:
+    """Each row's image file path (for display beside a neighbour), read without decoding; None where unknown."""
+    import datasets
+
+    if not isinstance(raw_split.features.get("image"), datasets.Image):
+        return None
+    cells = raw_split.cast_column("image", datasets.Image(decode=False))["image"]
+    return [cell.get("path") if isinstance(cell, dict) else None for cell in cells]
 
 
 def selection_figure(probabilities, labels, label_names, metric: str) -> float:
