@@ -120,9 +120,9 @@ class VectorIndex:
             return similarities, positions
         if self.use_faiss:
             scores, ids = self._built_faiss_index().search(np.ascontiguousarray(queries), found)
-            similarities[:, :found], positions[:, :found] = scores, ids
-            positions[ids < 0] = -1  # an approximate search may find fewer than asked
-            similarities[ids < 0] = -np.inf
+            # an approximate search may find fewer than asked: FAISS marks those slots -1 (similarity unset)
+            similarities[:, :found] = np.where(ids < 0, -np.inf, scores)
+            positions[:, :found] = np.where(ids < 0, -1, ids)
             return similarities, positions
         for start in range(0, len(queries), QUERY_BATCH):
             batch = torch.from_numpy(queries[start : start + QUERY_BATCH])
