@@ -142,6 +142,35 @@ def explain(predictor: MMFusionPredictor, image_path: str | None, text: str | No
     return heatmap_overlay(image, explanation), highlighted_words(explanation), note
 
 
+NEIGHBOR_COUNT = 5
+NEIGHBOR_HEADERS = ["id", "label", "similarity", "caption"]
+
+
+def nearest_examples(predictor: MMFusionPredictor, image_path: str | None, text: str | None, count=NEIGHBOR_COUNT):
+    """The nearest labelled examples of the checkpoint's memory (what a kNN decision rests on), as table rows, and a
+    line saying how the decision was made (head, kNN over the memory, or their mix)."""
+    if image_path is None:
+        raise gr.Error("Upload an image first.")
+    if predictor.memory is None:
+        return [], "This checkpoint has no labelled memory (see the README's *Retrieval* section to add one)."
+    try:
+        record = predictor.predict(image_path, text or "", neighbors=count)
+    except ImageCheckError as error:
+        raise gr.Error(str(error)) from error
+    rows = [
+        [n["id"], n["label"] if isinstance(n["label"], str) else ", ".join(n["label"]), round(n["similarity"], 4),
+         n["caption"] or ""]
+        for n in record["neighbors"]
+    ]  # fmt: skip
+    mode = predictor.prediction_mode
+    how = {
+        "head": "the classifier head decides; the memory shows the nearest labelled examples",
+        "knn": f"decided by its {predictor.config.knn_k} nearest labelled examples (kNN over the memory)",
+        "mix": f"the head mixed with kNN over the memory ({predictor.config.mix_weight:g} kNN)",
+    }[mode]
+    return rows, f"Prediction mode `{mode}`: {how}; {len(predictor.memory)} labelled examples in memory."
+
+
 def checkpoint_examples(checkpoint: str, count: int = 6) -> tuple[list[list[str]], str] | None:
     """Examples from the data the checkpoint was evaluated on: the first split its model card names (validation,
     as train.py writes it), read when the dataset is the demo or a local path; `([image path, caption], ...), split`
@@ -203,6 +232,10 @@ def build_demo(predictor: MMFusionPredictor, examples: list[list[str]] | None = 
                 ablations = gr.Dataframe(
                     headers=["input", *labels], label="With a modality removed", interactive=False
                 )
+                neighbors = gr.Dataframe(
+                    headers=NEIGHBOR_HEADERS, label="Nearest labelled examples (the memory)", interactive=False
+                )
+                neighbors_note = gr.Markdown()
         with gr.Row():
             heatmap = gr.Image(label="Image: Grad-CAM heat map of the decided class", type="pil", interactive=False)
             with gr.Column():
@@ -219,14 +252,18 @@ def build_demo(predictor: MMFusionPredictor, examples: list[list[str]] | None = 
         def run_explain(image_path, caption):
             return explain(predictor, image_path, caption)
 
+        def run_neighbors(image_path, caption):
+            return nearest_examples(predictor, image_path, caption)
+
         outputs = [probabilities, ablations, verdict, decision]
         explained = [heatmap, words, explanation_note]
+        nearest = [neighbors, neighbors_note]
         button.click(run, inputs=[image, text], outputs=outputs, api_name="classify").then(
-            run_explain, inputs=[image, text], outputs=explained, api_name="explain"
-        )
+            run_neighbors, inputs=[image, text], outputs=nearest, api_name="neighbors"
+        ).then(run_explain, inputs=[image, text], outputs=explained, api_name="explain")
         text.submit(run, inputs=[image, text], outputs=outputs, api_visibility="private").then(
-            run_explain, inputs=[image, text], outputs=explained, api_visibility="private"
-        )
+            run_neighbors, inputs=[image, text], outputs=nearest, api_visibility="private"
+        ).then(run_explain, inputs=[image, text], outputs=explained, api_visibility="private")
     return demo
 
 

@@ -34,6 +34,7 @@ from mmfusion.training.baselines import baseline_arguments, read_baseline_report
 from mmfusion.training.card import MODEL_CARD_TEMPLATE, card_arguments
 from mmfusion.training.collator import MMFusionCollator
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
+from mmfusion.training.memory import metrics_in_mode, run_memory_step
 from mmfusion.training.operating_point import run_operating_point
 from mmfusion.training.output_lock import OutputDirLock
 from mmfusion.training.rgcl import RGCLTrainer
@@ -180,6 +181,9 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         model_args.model_name_or_path is not None
         and Path(model_args.model_name_or_path).resolve() == Path(training_args.output_dir).resolve()
     )
+    # The labelled memory (mmfusion/memory.py): the training split embedded by the trained model; its kNN scores
+    # for every other split, the prediction mode chosen on validation inside run_operating_point.
+    knn_scores = run_memory_step(trainer, raw, prepared, splits, model_args)
     try:
         known_logits = run_operating_point(
             trainer,
@@ -190,6 +194,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             training_args.output_dir,
             save=saved_here,
             trained=training_args.do_train,
+            knn_scores=knn_scores,
         )
     except ValueError as error:  # an unreachable target: stop, naming the best value (the model is saved)
         raise SystemExit(
@@ -198,12 +203,23 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             f"--model_name_or_path {training_args.output_dir} --output_dir {training_args.output_dir} "
             "--do_train false --decision_threshold ..."
         ) from error
+    if (
+        getattr(trainer.model, "memory", None) is not None
+        and training_args.do_train
+        and trainer.is_world_process_zero()
+    ):
+        trainer.model.save_memory(training_args.output_dir)  # beside the weights, with the config that names the mode
+        trainer.model.config.save_pretrained(training_args.output_dir)
     predictions, ablations = {}, {}
     default_predict = [name for name in raw if name != splits["train"]] if training_args.do_predict else []
     for name in data_args.predict_splits or default_predict:
-        predictions[name] = trainer.predict_split(raw[name], prepared[name], name, logits=known_logits.get(name))
+        predictions[name] = trainer.predict_split(
+            raw[name], prepared[name], name, logits=known_logits.get(name), knn_scores=knn_scores.get(name)
+        )
         if training_args.do_eval and is_labeled(raw[name]) and name != splits["train"]:
             ablations[name] = trainer.ablation_probabilities(prepared[name], processor)
+
+    metrics_in_mode(results, predictions, splits, model.config)  # a memory's mode: the metrics of what it predicts
 
     # 8. Outputs (main process): metrics, predictions in the challenge format, the report and the model card.
     if trainer.is_world_process_zero():

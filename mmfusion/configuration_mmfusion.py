@@ -12,6 +12,7 @@ from transformers import AutoConfig, BertConfig, PretrainedConfig, ResNetConfig
 
 from .decisions import check_decision_threshold, check_temperature, is_multi_label
 from .fusions import FUSIONS, FusionSetting, fusion_settings
+from .memory import DEFAULT_KNN_K, check_prediction_mode
 from .pipeline_mmfusion import custom_pipelines_entry  # imported so the pipeline file is copied beside the config
 
 # Towers of contrastive dual encoders (CLIP, SigLIP): their pooled output is the tower's own embedding head (CLIP's
@@ -184,6 +185,16 @@ class MMFusionConfig(PretrainedConfig):
             `"fpr=0.01"` (see `mmfusion.evaluation.thresholds`).
         decision_figures (`dict`, *optional*):
             What the threshold met on the split it was chosen on (precision, recall, FPR, F1 per class).
+        prediction_mode (`str`, *optional*, defaults to `"head"`):
+            Where the probabilities come from (`memory.py`): `"head"` (the classifier), `"knn"` (RGCL's kNN score
+            over the checkpoint's labelled memory, `memory.safetensors`) or `"mix"` (`mix_weight` of kNN, the rest
+            head). train.py chooses it on the validation split when it builds the memory; every inference path uses it.
+        knn_k (`int`, *optional*, defaults to 20):
+            Neighbours the kNN score reads (rank weights `knn_k`..1).
+        mix_weight (`float`, *optional*, defaults to 0.5):
+            The kNN share of mode `"mix"`, in [0, 1].
+        memory_selection (`dict`, *optional*):
+            How the mode was chosen: the split, the metric and each candidate's value on it.
     """
 
     model_type = "mmfusion"
@@ -209,6 +220,10 @@ class MMFusionConfig(PretrainedConfig):
         decision_threshold: float | list[float] | None = None,
         decision_policy: str | None = None,
         decision_figures: dict | None = None,
+        prediction_mode: str = "head",
+        knn_k: int = DEFAULT_KNN_K,
+        mix_weight: float = 0.5,
+        memory_selection: dict | None = None,
         **kwargs,
     ):
         self.text_config = _as_config(text_config, BertConfig.model_type)
@@ -229,6 +244,8 @@ class MMFusionConfig(PretrainedConfig):
         self.decision_threshold = decision_threshold
         self.decision_policy = decision_policy
         self.decision_figures = decision_figures
+        self.prediction_mode, self.knn_k, self.mix_weight = prediction_mode, knn_k, mix_weight
+        self.memory_selection = memory_selection
         # Every registered fusion's settings, with their defaults (what a config saved without one means): the
         # fusion's own where it has one (align: RGCL's head); None (an unset train.py flag) means the same.
         fusion_class = FUSIONS.get(fusion)
@@ -292,6 +309,9 @@ class MMFusionConfig(PretrainedConfig):
         num_labels = len(self.id2label) if self.id2label else None
         self.decision_threshold = check_decision_threshold(
             self.decision_threshold, num_labels, multi_label=is_multi_label(self)
+        )
+        self.prediction_mode, self.knn_k, self.mix_weight = check_prediction_mode(
+            self.prediction_mode, self.knn_k, self.mix_weight
         )
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,13 @@ from .fusions import (
     image_tokens_from_features,
     pool_image_features,
     pool_text,
+)
+from .memory import (
+    LabelledMemory,
+    LabelledMemoryError,
+    combine_probabilities,
+    model_fingerprint,
+    remove_memory_files,
 )
 from .torchvision_resnet import load_torchvision_resnet, torchvision_architecture
 
@@ -169,6 +177,28 @@ class MMFusionPreTrainedModel(PreTrainedModel):
             if towers.visual_projection is not None:
                 towers.visual_projection.weight.data.copy_(visual_projection)
         return model
+
+
+def _memory_folder(name_or_path, kwargs) -> str | None:
+    """The folder holding a checkpoint's memory files (a local folder, or the Hub cache's snapshot), None without."""
+    if os.path.isdir(name_or_path):
+        return os.fspath(name_or_path)
+    options = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+    found = None
+    for filename in ("memory.json", "memory.safetensors"):
+        try:
+            found = cached_file(
+                name_or_path,
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                **options,
+            )
+        except OSError:
+            return None
+        if found is None:
+            return None
+    return os.path.dirname(found)
 
 
 def sentence_transformers_pooling(name_or_path: str) -> str | None:
@@ -512,7 +542,80 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
         self.mmfusion = MMFusionModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(self.mmfusion.output_size, config.num_labels)
+        # The labelled memory (`memory.py`): loaded by `from_pretrained` from the checkpoint's memory files, saved by
+        # `save_pretrained` while its fingerprint is this model's; None without one.
+        self.memory: LabelledMemory | None = None
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus the checkpoint's labelled memory as `model.memory` (None when it
+        has none); a memory another model built (fingerprint mismatch) is refused."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
+        if pretrained_model_name_or_path is not None:
+            folder = _memory_folder(pretrained_model_name_or_path, kwargs)
+            model.memory = LabelledMemory.load(folder) if folder is not None else None
+            if model.memory is not None:
+                model.memory.check_model(model, where=f"The memory in {folder}")
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the labelled memory when the model has one that it built (any
+        other memory files in the folder are removed: their embeddings would not match these weights)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and os.path.isdir(save_directory):
+            if self.memory is not None and self.memory.fingerprint == model_fingerprint(self):
+                self.memory.save(save_directory)
+            else:
+                remove_memory_files(save_directory)
+
+    def add_to_memory(self, ids, labels, captions=None, images=None, **inputs) -> LabelledMemory:
+        """Embed a processed batch (`forward`'s inputs) with this model, frozen (eval mode, no gradient), and add the
+        rows to `self.memory` (created when the model has none). Ids already there are refused, naming them."""
+        if self.memory is None:
+            self.memory = self.empty_memory()
+        else:
+            self.memory.check_model(self)
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                embeddings = self.embed(**inputs)
+        finally:
+            self.train(training)
+        self.memory.add(ids, embeddings, labels, captions=captions, images=images)
+        return self.memory
+
+    def empty_memory(self) -> LabelledMemory:
+        """A memory with no rows for this model: its fingerprint, classes and embedding width."""
+        names = [self.config.id2label[i] for i in sorted(self.config.id2label, key=int)]
+        return LabelledMemory.empty(
+            self.mmfusion.output_size,
+            label_names=names,
+            fingerprint=model_fingerprint(self),
+            multi_label=self.config.problem_type == "multi_label_classification",
+        )
+
+    def save_memory(self, save_directory) -> None:
+        """Write `self.memory` into `save_directory` (atomically, see `LabelledMemory.save`), after checking that this
+        model built it (`MemoryMismatchError` otherwise, and nothing is written)."""
+        if self.memory is None:
+            raise LabelledMemoryError("This model has no labelled memory to save.")
+        self.memory.check_model(self)
+        self.memory.save(save_directory)
+
+    def memory_probabilities(self, head_probabilities, embeddings, mode: str | None = None):
+        """The probabilities of the config's `prediction_mode` (or `mode`): the head's as given, or combined with the
+        kNN score of the L2-normalised `embeddings` over `self.memory` (see `memory.py`)."""
+        mode = mode or self.config.prediction_mode
+        if mode == "head":
+            return head_probabilities
+        if self.memory is None:
+            raise LabelledMemoryError(f"prediction_mode {mode!r} needs a labelled memory; this model has none.")
+        scores = self.memory.knn_scores(embeddings, self.config.knn_k)
+        multi_label = self.config.problem_type == "multi_label_classification"
+        return combine_probabilities(head_probabilities, scores, mode, self.config.mix_weight, multi_label)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.mmfusion.get_input_embeddings()

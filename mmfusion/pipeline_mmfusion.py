@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from transformers import AutoModelForSequenceClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -53,6 +54,12 @@ class ImageTextClassificationPipeline(Pipeline):
             holding the caption words' Integrated Gradients attributions and the image's Grad-CAM heat map
             (`.heatmap_image(width, height)`; `.to_dict()` for JSON). The same as `MMFusionPredictor.explain`.
         explain_steps (`int`, *optional*): Integrated Gradients path points (default 64).
+        neighbors (`int`, *optional*): also return the pair's `neighbors` nearest labelled examples of the
+            checkpoint's memory (`memory.safetensors`, see `memory.py`): each pair's result becomes `{"labels": [...],
+            "neighbors": [{"id", "label", "similarity", "caption", "image"}, ...]}`, best first.
+
+    A checkpoint with a labelled memory scores by its `config.prediction_mode` (`head`, `knn` or `mix`, see
+    `memory.py`), as `MMFusionPredictor` does; `function_to_apply="none"` returns the head's raw logits.
 
     Returns one list of `{"label", "score"}` dicts per pair (a list of such lists for a list of pairs); the scores are
     the class probabilities `mmfusion.inference.MMFusionPredictor` returns (the checkpoint's temperature applied). The
@@ -80,6 +87,7 @@ class ImageTextClassificationPipeline(Pipeline):
         temperature=None,
         explain=None,
         explain_steps=None,
+        neighbors=None,
         **kwargs,
     ):
         if kwargs:
@@ -97,6 +105,12 @@ class ImageTextClassificationPipeline(Pipeline):
                 raise ValueError(f"function_to_apply must be softmax, sigmoid or none, got {function_to_apply!r}")
             postprocess_params["function_to_apply"] = function_to_apply
         forward_params = {}
+        if neighbors:
+            if isinstance(neighbors, bool) or int(neighbors) != neighbors or neighbors < 1:
+                raise ValueError(f"neighbors must be a whole number >= 1; got {neighbors!r}.")
+            if getattr(self.model, "memory", None) is None:
+                raise ValueError("neighbors: this checkpoint has no labelled memory (memory.safetensors).")
+            postprocess_params["neighbors"] = int(neighbors)
         if explain:  # the class explained is the one decided, with this call's threshold and temperature
             preprocess_params["explain"] = True
             forward_params = {"explain": True, "explain_steps": int(explain_steps or DEFAULT_STEPS)}
@@ -122,9 +136,12 @@ class ImageTextClassificationPipeline(Pipeline):
     def _forward(self, model_inputs, explain=False, explain_steps=DEFAULT_STEPS, threshold=None, temperature=None):
         model_inputs = dict(model_inputs)
         pairs = model_inputs.pop("_explain_pair", None)
-        logits = self.model(**model_inputs).logits
+        outputs = self.model(**model_inputs)
+        logits = outputs.logits
+        # The embeddings travel with the logits: the prediction mode and the neighbours read them.
+        found = {"logits": logits, "embeddings": torch.nn.functional.normalize(outputs.embeddings.float(), dim=-1)}
         if not explain:
-            return {"logits": logits}
+            return found
         batched = isinstance(pairs, list)  # with batch_size > 1 the collator lists the batch's pairs
         pairs = pairs if batched else [pairs]
         config = self.model.config
@@ -138,6 +155,7 @@ class ImageTextClassificationPipeline(Pipeline):
         else:
             exponentials = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
             probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
+        probabilities = self.model.memory_probabilities(probabilities, found["embeddings"].cpu().numpy())
         explanations = explain_pairs(
             self.model,
             self.processor,
@@ -147,9 +165,11 @@ class ImageTextClassificationPipeline(Pipeline):
             temperature=temperature,
             steps=explain_steps,
         )
-        return {"logits": logits, "explanation": explanations if batched else explanations[0]}
+        return {**found, "explanation": explanations if batched else explanations[0]}
 
-    def postprocess(self, model_outputs, top_k=None, function_to_apply=None, threshold=None, temperature=None):
+    def postprocess(
+        self, model_outputs, top_k=None, function_to_apply=None, threshold=None, temperature=None, neighbors=None
+    ):
         # float64 numpy, as MMFusionPredictor computes its probabilities: the two give the same scores
         config = self.model.config
         if temperature is None:
@@ -169,16 +189,21 @@ class ImageTextClassificationPipeline(Pipeline):
             scores = exponentials / exponentials.sum()
         else:
             scores = logits
+        embeddings = model_outputs["embeddings"][0].float().cpu().numpy()[None, :]
+        if function_to_apply != "none":  # the checkpoint's prediction mode: head, kNN over its memory, or a mix
+            scores = np.asarray(self.model.memory_probabilities(scores[None, :], embeddings), dtype=np.float64)[0]
+        nearest = self.model.memory.neighbors(embeddings, neighbors)[0] if neighbors else None
         id2label = {int(index): name for index, name in self.model.config.id2label.items()}
         if multi_label and function_to_apply == "sigmoid":
             selected = decide(scores, threshold, multi_label=True)
             ranked = decision_order(scores, threshold, multi_label=True)
             if top_k is not None:
                 ranked = ranked[: max(int(top_k), 0)]
-            return [
+            labels = [
                 {"label": id2label[index], "score": float(scores[index]), "selected": bool(selected[index])}
                 for index in ranked
             ]
+            return {"labels": labels, "neighbors": nearest} if nearest is not None else labels
         if function_to_apply == "none":
             ranked = sorted(range(len(scores)), key=lambda index: -scores[index])
         else:
@@ -186,9 +211,12 @@ class ImageTextClassificationPipeline(Pipeline):
         if top_k is not None:
             ranked = ranked[: max(int(top_k), 0)]
         labels = [{"label": id2label[index], "score": float(scores[index])} for index in ranked]
+        extras = {}
         if "explanation" in model_outputs:
-            return {"labels": labels, "explanation": model_outputs["explanation"]}
-        return labels
+            extras["explanation"] = model_outputs["explanation"]
+        if nearest is not None:
+            extras["neighbors"] = nearest
+        return {"labels": labels, **extras} if extras else labels
 
 
 def load_image(image, timeout: float | None = None) -> Image.Image:

@@ -195,8 +195,13 @@ model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 decisions = sys.modules[type(model.config).__module__.rsplit(".", 1)[0] + ".decisions"]
 with torch.no_grad():
-    logits = model(**processor(images=images, text=texts, return_tensors="pt")).logits.double().numpy()
-selected = decisions.decide(1 / (1 + decisions.np.exp(-logits)), model.config.decision_threshold, multi_label=True)
+    outputs = model(**processor(images=images, text=texts, return_tensors="pt"))
+logits = outputs.logits.double().numpy()
+# the checkpoint's prediction mode: the head's sigmoids, or mixed with kNN over its labelled memory
+probabilities = model.memory_probabilities(
+    1 / (1 + decisions.np.exp(-logits)), torch.nn.functional.normalize(outputs.embeddings, dim=-1).numpy()
+)
+selected = decisions.decide(probabilities, model.config.decision_threshold, multi_label=True)
 classify = pipeline("image-text-classification", model=folder, trust_remote_code=True, device="cpu")
 piped = classify([{"image": image, "text": text} for image, text in zip(images, texts)], batch_size=4)
 everything = classify({"image": images[0], "text": texts[0]}, threshold=0.0)

@@ -176,9 +176,11 @@ def test_train_calibrates_an_overconfident_model_and_records_the_operating_point
     confidently wrong on half of the rest. Temperature scaling must lower validation and test ECE without touching
     accuracy or AUROC; max_f1 is chosen on validation and stored with the figures it met."""
     output = tmp_path / "run"
+    # no labelled memory: this is about the head's temperature (a kNN or mixed mode would not keep argmax)
     args = ["--fusion", "concat", "--max_train_samples", "64", "--max_eval_samples", "200", "--num_train_epochs",
             "40", "--learning_rate", "3e-3", "--classifier_dropout", "0", "--eval_strategy", "no", "--save_strategy",
-            "no", "--load_best_model_at_end", "false", "--decision_threshold", "max_f1", "--output_dir", output]  # fmt: skip
+            "no", "--load_best_model_at_end", "false", "--decision_threshold", "max_f1", "--output_dir", output,
+            "--build_memory", "false"]  # fmt: skip
     result = subprocess.run(
         [sys.executable, str(repo_root / "train.py"), *map(str, args), *tiny_train_args],
         cwd=repo_root,

@@ -82,11 +82,23 @@ def probabilities_from_logits(
     return torch.softmax(logits, dim=-1).numpy()
 
 
-def config_probabilities(logits, config, temperature: float | None = None) -> np.ndarray:
-    """`probabilities_from_logits` with a model config's problem type and temperature (or `temperature` instead)."""
+def config_probabilities(logits, config, temperature: float | None = None, knn_scores=None) -> np.ndarray:
+    """`probabilities_from_logits` with a model config's problem type and temperature (or `temperature` instead).
+
+    `knn_scores`: the examples' kNN scores over the model's labelled memory (`LabelledMemory.knn_scores`); given, the
+    config's `prediction_mode` is applied (`mmfusion.memory.combine_probabilities`: head, kNN or their mix). Without
+    them the head's probabilities are returned (what the modality ablation and training-time metrics read)."""
     if temperature is None:
         temperature = getattr(config, "calibration_temperature", 1.0)
-    return probabilities_from_logits(logits, getattr(config, "problem_type", None), temperature=temperature)
+    problem_type = getattr(config, "problem_type", None)
+    head = probabilities_from_logits(logits, problem_type, temperature=temperature)
+    mode = getattr(config, "prediction_mode", "head")
+    if knn_scores is None or mode == "head":
+        return head
+    from ..memory import combine_probabilities
+
+    multi_label = problem_type == "multi_label_classification"
+    return combine_probabilities(head, knn_scores, mode, config.mix_weight, multi_label).astype(head.dtype)
 
 
 def prediction_columns(label_names: Sequence[str], multi_label: bool = False) -> list[str]:
@@ -182,6 +194,11 @@ class Predictions:
             compares the scores before and after).
         multi_label (`bool`, *optional*): the model is multi-label (independent sigmoids, every label at or above
             its threshold predicted).
+        neighbors (`list[list[dict]]`, *optional*): per row, the nearest labelled examples of the model's memory
+            (`{"id", "label", "similarity", "caption", "image"}`, best first), when asked for; in each record.
+        head_probabilities (`np.ndarray`, *optional*): the classifier head's probabilities (temperature applied) when
+            `probabilities` come from another prediction mode (kNN over the labelled memory, or a mix); the report's
+            calibration section measures the temperature on these.
     """
 
     ids: list[str]
@@ -194,6 +211,8 @@ class Predictions:
     threshold: Any = None
     logits: np.ndarray | None = None
     multi_label: bool = False
+    neighbors: list[list[dict]] | None = None
+    head_probabilities: np.ndarray | None = None
 
     def __post_init__(self):
         self.ids = [str(i) for i in self.ids]
@@ -220,6 +239,8 @@ class Predictions:
         if len(self.texts) != count:
             raise ValueError(f"Predictions: {count} ids but {len(self.texts)} texts.")
         self.threshold = check_decision_threshold(self.threshold, len(self.label_names), multi_label=self.multi_label)
+        if self.head_probabilities is not None:
+            self.head_probabilities = np.asarray(self.head_probabilities, dtype=np.float64)
         if self.logits is not None:
             self.logits = np.asarray(self.logits, dtype=np.float64)
             if self.logits.shape != self.probabilities.shape:
@@ -235,10 +256,13 @@ class Predictions:
             yield self[index]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
+        record = {
             "id": self.ids[index],
             **prediction_record(self.probabilities[index], self.label_names, self.threshold, self.multi_label),
         }
+        if self.neighbors is not None:
+            record["neighbors"] = self.neighbors[index]
+        return record
 
     @property
     def label_ids(self) -> np.ndarray:

@@ -363,21 +363,28 @@ def split_report(
 
 
 def calibration_entry(split: Predictions) -> dict:
-    """ECE and NLL of the split's scores before temperature scaling (its logits) and after (its probabilities);
-    none for a multi-label model (no temperature is fitted for it)."""
+    """ECE and NLL of the split's scores before temperature scaling (its logits) and after (its probabilities: the
+    head's, when the model predicts with its labelled memory); none for a multi-label model (no temperature is
+    fitted for it)."""
     if split.logits is None or split.multi_label or not split.labeled.any():
         return {}
     before = probabilities_from_logits(split.logits, dtype="float64")
+    after = _calibrated(split)
     labels = split.true_labels
     entry = {
         "ece_before": expected_calibration_error(before, labels),
-        "ece_after": expected_calibration_error(split.probabilities, labels),
+        "ece_after": expected_calibration_error(after, labels),
         "nll_before": negative_log_likelihood(split.logits, labels),
     }
     with np.errstate(divide="ignore"):
-        log_probabilities = np.log(np.clip(split.probabilities, 1e-300, 1.0))
+        log_probabilities = np.log(np.clip(after, 1e-300, 1.0))
     entry["nll_after"] = negative_log_likelihood(log_probabilities, labels)
     return entry
+
+
+def _calibrated(split: Predictions) -> np.ndarray:
+    """The temperature-scaled head's probabilities of a split (what temperature scaling is measured on)."""
+    return split.head_probabilities if split.head_probabilities is not None else split.probabilities
 
 
 def _write_split_figures(output_dir: Path, split_name: str, split: Predictions, entry: dict, label_names) -> None:
@@ -387,7 +394,7 @@ def _write_split_figures(output_dir: Path, split_name: str, split: Predictions, 
         bins = {
             "before temperature scaling": reliability_bins(probabilities_from_logits(split.logits), split.true_labels)
         }
-        bins["after"] = reliability_bins(split.probabilities, split.true_labels)
+        bins["after"] = reliability_bins(_calibrated(split), split.true_labels)
         filename = f"reliability_{part}.png"
         plot_reliability(bins, output_dir / filename, title=f"Reliability diagram: {split_name}")
         entry["calibration"]["reliability_plot"] = filename

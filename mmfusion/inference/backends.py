@@ -16,6 +16,8 @@ import numpy as np
 ONNX_FILENAME = "model.onnx"
 INT8_ONNX_FILENAME = "model_int8.onnx"
 BACKENDS = ("torch", "onnx")
+# The exported graph's second output: the classifier's input (what the labelled memory's rows were embedded as).
+EMBEDDINGS_OUTPUT = "embeddings"
 # What the exported graphs take; the processor may produce more (nothing else today), which is left out.
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
@@ -28,6 +30,10 @@ class InferenceBackend(Protocol):
 
     def logits(self, inputs: Mapping[str, Any]) -> np.ndarray:
         """`(batch_size, num_labels)` float32 logits for a processed batch."""
+        ...
+
+    def logits_and_embeddings(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The logits and the L2-normalised embeddings (`MMFusionForClassification.embed`) of a processed batch."""
         ...
 
 
@@ -75,6 +81,16 @@ class TorchBackend:
             logits = self.model(**model_inputs).logits
         return logits.float().cpu().numpy()
 
+    def logits_and_embeddings(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        model_inputs = {name: inputs[name].to(self.device) for name in MODEL_INPUT_NAMES if name in inputs}
+        with torch.inference_mode():
+            outputs = self.model(**model_inputs)
+        embeddings = F.normalize(outputs.embeddings.float(), dim=-1)
+        return outputs.logits.float().cpu().numpy(), embeddings.cpu().numpy()
+
 
 class OnnxBackend:
     """An exported `model.onnx` (or its int8 version) in an ONNX Runtime session.
@@ -121,12 +137,28 @@ class OnnxBackend:
         )
         self._input_types = {node.name: _numpy_type(node.type) for node in self.session.get_inputs()}
         self._output_name = self.session.get_outputs()[0].name
+        self.output_names = [node.name for node in self.session.get_outputs()]
 
     @property
     def input_names(self) -> list[str]:
         return list(self._input_types)
 
     def logits(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        (logits,) = self.session.run([self._output_name], self._feed(inputs))
+        return logits.astype(np.float32, copy=False)
+
+    def logits_and_embeddings(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if EMBEDDINGS_OUTPUT not in self.output_names:
+            raise ValueError(
+                f"{self.model_path} has no {EMBEDDINGS_OUTPUT!r} output (exported before the labelled memory was): "
+                "export the checkpoint again with mmfusion-export for kNN predictions and neighbours."
+            )
+        logits, embeddings = self.session.run([self._output_name, EMBEDDINGS_OUTPUT], self._feed(inputs))
+        embeddings = embeddings.astype(np.float32, copy=False)
+        norms = np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)  # as F.normalize
+        return logits.astype(np.float32, copy=False), embeddings / norms
+
+    def _feed(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         feed = {}
         for name, dtype in self._input_types.items():
             if name in inputs:
@@ -135,8 +167,7 @@ class OnnxBackend:
                 feed[name] = np.zeros_like(np.asarray(inputs["input_ids"]), dtype=dtype)
             else:
                 raise KeyError(f"The ONNX model needs input {name!r}, which the processor did not produce.")
-        (logits,) = self.session.run([self._output_name], feed)
-        return logits.astype(np.float32, copy=False)
+        return feed
 
 
 def default_session_options(threads: int | None = None):

@@ -7,7 +7,10 @@ python -m mmfusion.inference.export outputs/demo-early-fusion exported/
 ```
 
 The graph takes `input_ids`, `attention_mask`, `token_type_ids` (when the tokenizer makes them) and `pixel_values`
-(images already resized to `config.image_size`) and returns `logits`; batch size and caption length are dynamic.
+(images already resized to `config.image_size`) and returns `logits` and `embeddings` (the classifier's input, what
+the labelled memory's rows are: the predictor's ONNX backend normalises them for kNN predictions and neighbours);
+batch size and caption length are dynamic. A checkpoint's labelled memory (`memory.safetensors`, `memory.json`) is
+copied beside the graph, with the model's fingerprint recorded in `onnx_export.json` (`model_fingerprint`).
 It is traced with `torch.onnx.export(..., dynamo=True)` (torch.export), which handles every fusion in the registry
 (tested per fusion).
 After writing, the export is checked against PyTorch on a batch of another size and caption length.
@@ -37,7 +40,7 @@ from transformers import HfArgumentParser
 from ..data.options import LoaderArguments
 from ..evaluation.ablation import blank_image
 from ..evaluation.predictions import has_label
-from .backends import INT8_ONNX_FILENAME, MODEL_INPUT_NAMES, ONNX_FILENAME, OnnxBackend
+from .backends import EMBEDDINGS_OUTPUT, INT8_ONNX_FILENAME, MODEL_INPUT_NAMES, ONNX_FILENAME, OnnxBackend
 from .quantization import CALIBRATION_METHODS, DEFAULT_OP_TYPES, quantize_int8, quantize_int8_static
 
 logger = logging.getLogger(__name__)
@@ -60,19 +63,21 @@ _CHECK_CAPTIONS = ["", "another caption", "a third caption that is clearly longe
 
 
 class LogitsOnly(nn.Module):
-    """The classifier with the graph's signature: named tensors in, logits out (no loss, no output dataclass)."""
+    """The classifier with the graph's signature: named tensors in, `(logits, embeddings)` out (no loss, no output
+    dataclass; the embeddings before normalisation, which the ONNX backend does)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask, pixel_values, token_type_ids=None):
-        return self.model(
+        outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
-        ).logits
+        )
+        return outputs.logits, outputs.embeddings
 
 
 @dataclass
@@ -91,6 +96,10 @@ class ExportInfo:
     quantization: dict | None = None
     #: `model_int8.onnx` against `model.onnx` on held-out rows: label agreement, metrics of both and their change
     int8_evaluation: dict | None = None
+    #: the exported model's `mmfusion.memory.model_fingerprint`: the copied memory must carry the same
+    model_fingerprint: str | None = None
+    #: rows of the labelled memory copied beside the graph (None: the checkpoint has none)
+    memory_rows: int | None = None
 
 
 def sample_inputs(processor, image_size: int, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -200,6 +209,11 @@ def export_onnx(
     config.custom_pipelines = {}
     config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    from ..memory import model_fingerprint, remove_memory_files
+
+    remove_memory_files(output_dir)  # an earlier export's memory would pass for this model's
+    if getattr(model, "memory", None) is not None:  # loaded and checked against the model by from_pretrained
+        model.memory.save(output_dir)
 
     difference = max_logit_difference(model, onnx_path, sample_inputs(processor, image_size, _CHECK_CAPTIONS))
     if difference > atol:
@@ -236,7 +250,7 @@ def export_onnx(
     info = ExportInfo(
         fusion=model.config.fusion,
         inputs=list(trace_inputs),
-        outputs=["logits"],
+        outputs=["logits", EMBEDDINGS_OUTPUT],
         opset_version=graph_opset(onnx_path),
         max_caption_length=max_caption_length,
         torch_version=torch.__version__,
@@ -244,6 +258,8 @@ def export_onnx(
         files=files,
         quantization=quantization,
         int8_evaluation=evaluation,
+        model_fingerprint=model_fingerprint(model),
+        memory_rows=len(model.memory) if getattr(model, "memory", None) is not None else None,
     )
     (output_dir / EXPORT_INFO_FILENAME).write_text(json.dumps(asdict(info), indent=2) + "\n", encoding="utf-8")
     return info
@@ -363,7 +379,7 @@ def write_onnx_graph(
             dynamo=True,
             dynamic_shapes=dynamic_shapes_for(inputs, max_caption_length),
             input_names=list(inputs),
-            output_names=["logits"],
+            output_names=["logits", EMBEDDINGS_OUTPUT],
             opset_version=opset_version,
             external_data=num_bytes > _SINGLE_FILE_LIMIT_BYTES,
             verbose=False,

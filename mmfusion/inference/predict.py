@@ -5,6 +5,7 @@ mmfusion-predict CHECKPOINT --image meme.png --text "look at this sun"          
 mmfusion-predict CHECKPOINT --input data/hateful_memes --split test_unseen --output submission.csv
 mmfusion-predict EXPORT_DIR --backend onnx --input test.jsonl --output predictions.json
 mmfusion-predict CHECKPOINT --image meme.png --text "look at this sun" --explain explanations/   # + a PNG
+mmfusion-predict CHECKPOINT --image meme.png --text "look at this sun" --neighbors 5   # + the 5 nearest examples
 ```
 
 Also home of `predict(...)`, the one-call Python convenience (`mmfusion.inference.predict`).
@@ -118,6 +119,13 @@ def build_parser() -> HfArgumentParser:
         "reaches it; more classes: one per class, comma-separated; multi-label: one for every label, or one per "
         "label, comma-separated); default: the checkpoint's",
     )
+    parser.add_argument(
+        "--neighbors",
+        type=int,
+        metavar="K",
+        help="also return each pair's K nearest labelled examples of the checkpoint's memory (id, label, "
+        "similarity, caption, image); with --input they go to a .json --output (or JSON on stdout)",
+    )
     explain = parser.add_argument_group("explanations (PyTorch backend)")
     explain.add_argument(
         "--explain",
@@ -153,6 +161,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--explain needs gradients: use the PyTorch backend (a checkpoint folder, not an ONNX export)")
     if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
         parser.error(f"--output must end in one of {', '.join(OUTPUT_FORMATS)}")
+    if args.neighbors is not None and args.neighbors < 1:
+        parser.error("--neighbors must be at least 1")
+    if args.neighbors and args.output is not None and Path(args.output).suffix.lower() != ".json":
+        parser.error("--neighbors: the nearest examples are written to a .json --output (a CSV has no place for them)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"onnx_file": args.onnx_file} if args.backend == "onnx" else {}),
         )
         if args.image is not None:
-            record = predictor.predict(args.image, args.text)
+            record = predictor.predict(args.image, args.text, neighbors=args.neighbors)
             write_pair(record, Path(args.image).stem, args.output, predictor.threshold, predictor.multi_label)
             if args.explain is not None:
                 explain_rows(predictor, [args.image], [args.text], [Path(args.image).stem], args)
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 split=args.split,
                 report_path=args.report,
                 progress=not args.no_progress and is_main_process(state),
+                neighbors=args.neighbors,
                 **LoaderArguments.from_namespace(args).as_loader_kwargs(),
             )
             if is_main_process(state):  # every process holds all rows; one writes them
@@ -247,7 +260,9 @@ def write_pair(
 
 def write_file_predictions(predictions: Predictions, output: str | None) -> None:
     """Write to `output` (.csv or .json), or the challenge-format CSV to stdout; report skipped rows on stderr."""
-    if output is None:
+    if output is None and predictions.neighbors is not None:
+        print(json.dumps(list(predictions), indent=2))
+    elif output is None:
         writer = csv.writer(sys.stdout)
         writer.writerow(predictions.columns())
         writer.writerows(predictions.rows())

@@ -27,7 +27,13 @@ from .backends import (
     resolve_model_folder,
 )
 from .images import ImageInput, load_image
-from .sharding import batch_aligned_shares, gather_in_order, launcher_state, main_process_first
+from .sharding import (
+    batch_aligned_shares,
+    gather_in_order,
+    gather_rows_in_order,
+    launcher_state,
+    main_process_first,
+)
 
 
 def label_names_from_config(config) -> list[str]:
@@ -58,6 +64,10 @@ class MMFusionPredictor:
             `predict*` call also takes `threshold=`.
         temperature (`float`, *optional*):
             Instead of the checkpoint's `config.calibration_temperature` (1.0 gives the raw softmax).
+        memory (`mmfusion.memory.LabelledMemory`, *optional*):
+            The checkpoint's labelled memory (`from_pretrained` loads it, for either backend): the probabilities
+            follow `config.prediction_mode` (head, kNN over the memory, or their mix), and `predict*(...,
+            neighbors=k)` return each pair's `k` nearest labelled examples.
 
     Example:
 
@@ -76,7 +86,15 @@ class MMFusionPredictor:
     """
 
     def __init__(
-        self, backend: InferenceBackend, processor, config, batch_size: int = 32, *, threshold=None, temperature=None
+        self,
+        backend: InferenceBackend,
+        processor,
+        config,
+        batch_size: int = 32,
+        *,
+        threshold=None,
+        temperature=None,
+        memory=None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -94,6 +112,13 @@ class MMFusionPredictor:
         self.temperature = check_temperature(
             getattr(config, "calibration_temperature", 1.0) if temperature is None else temperature
         )
+        self.memory = memory
+        self.prediction_mode = getattr(config, "prediction_mode", "head")
+        if self.prediction_mode != "head" and memory is None:
+            raise ValueError(
+                f"This checkpoint predicts with prediction_mode={self.prediction_mode!r}, which reads its labelled "
+                "memory (memory.safetensors, memory.json), and the memory files are missing."
+            )
 
     def _threshold(self, threshold):
         """The call's threshold (checked) or the predictor's."""
@@ -147,18 +172,30 @@ class MMFusionPredictor:
         if backend == "torch":
             engine = TorchBackend.from_pretrained(path_or_hub_id, device=device, **model_kwargs)
             config, source = engine.config, os.fspath(path_or_hub_id)
+            memory = getattr(engine.model, "memory", None)  # loaded (and its fingerprint checked) with the model
         else:
             folder = resolve_model_folder(path_or_hub_id)
             engine = OnnxBackend(
                 folder / onnx_file, device=device, providers=providers, session_options=session_options
             )
             config, source = AutoConfig.from_pretrained(folder, trust_remote_code=True), folder
+            memory = export_memory(folder)
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-        return cls(engine, processor, config, batch_size=batch_size, threshold=threshold, temperature=temperature)
+        return cls(
+            engine,
+            processor,
+            config,
+            batch_size=batch_size,
+            threshold=threshold,
+            temperature=temperature,
+            memory=memory,
+        )
 
     # ------------------------------------------------------------------------------------------------ pairs
 
-    def predict(self, image: ImageInput, text: str | None, *, threshold=None) -> dict[str, Any]:
+    def predict(
+        self, image: ImageInput, text: str | None, *, threshold=None, neighbors: int | None = None
+    ) -> dict[str, Any]:
         """Classify one pair.
 
         Args:
@@ -166,55 +203,95 @@ class MMFusionPredictor:
             text (`str`): the caption; `""` (or `None`) for none.
             threshold (`float` or `list[float]`, *optional*): the decision threshold for this call (default: the
                 predictor's, i.e. the checkpoint's).
+            neighbors (`int`, *optional*): also return the pair's `neighbors` nearest labelled examples of the
+                checkpoint's memory, best first: `"neighbors": [{"id", "label", "similarity", "caption", "image"}]`.
 
         Returns:
             `{"label": name, "label_id": int, "probabilities": {name: probability}}`; multi-label checkpoints:
             `{"labels": [names], "label_ids": [ids], "probabilities": {name: probability}}`, the labels at or above
-            their thresholds by decreasing probability (empty when none is).
+            their thresholds by decreasing probability (empty when none is). With `neighbors`, also `"neighbors"`.
 
         Raises:
             `ImageCheckError`: the image file is missing, unreadable or too large (the message names it).
         """
-        return self.predict_batch([image], [text], threshold=threshold)[0]
+        return self.predict_batch([image], [text], threshold=threshold, neighbors=neighbors)[0]
 
     def predict_batch(
-        self, images: Sequence[ImageInput], texts: Sequence[str | None], *, threshold=None
+        self, images: Sequence[ImageInput], texts: Sequence[str | None], *, threshold=None, neighbors=None
     ) -> list[dict[str, Any]]:
         """Classify pairs `(images[i], texts[i])`, `batch_size` at a time; one record (see `predict`) per pair."""
         threshold = self._threshold(threshold)
-        probabilities = self.predict_probabilities(images, texts)
-        return [prediction_record(row, self.label_names, threshold, self.multi_label) for row in probabilities]
+        probabilities, found = self._predict_pairs(images, texts, neighbors=neighbors)
+        records = [prediction_record(row, self.label_names, threshold, self.multi_label) for row in probabilities]
+        for record, nearest in zip(records, found or ()):
+            record["neighbors"] = nearest
+        return records
 
-    def predict_probabilities(
-        self, images: Sequence[ImageInput], texts: Sequence[str | None], *, progress: bool = False
-    ) -> np.ndarray:
-        """`(len(images), num_labels)` class probabilities for the pairs, computed `batch_size` at a time."""
+    def _predict_pairs(self, images, texts, *, neighbors=None, progress: bool = False):
+        """Probabilities, and with `neighbors` each pair's nearest labelled examples (else None)."""
         if len(images) != len(texts):
             raise ValueError(f"Got {len(images)} images but {len(texts)} captions; pass one caption per image.")
         batches = (
             (images[start : start + self.batch_size], texts[start : start + self.batch_size])
             for start in range(0, len(images), self.batch_size)
         )
-        return self._run(batches, len(images), progress=progress, description="Predicting")
+        return self._run_with_neighbors(batches, len(images), neighbors, progress=progress, description="Predicting")
 
-    def _run(self, batches: Iterable[tuple[Sequence, Sequence]], total: int, *, progress: bool, description: str):
+    def _run_with_neighbors(self, batches, total: int, neighbors, *, progress: bool, description: str):
+        self._check_neighbors(neighbors)
+        probabilities, embeddings = self._run(
+            batches, total, progress=progress, description=description, embeddings=bool(neighbors)
+        )
+        found = self.memory.neighbors(embeddings, int(neighbors)) if neighbors else None
+        return probabilities, found
+
+    def _check_neighbors(self, neighbors) -> None:
+        if not neighbors:
+            return
+        if isinstance(neighbors, bool) or int(neighbors) != neighbors or neighbors < 1:
+            raise ValueError(f"neighbors must be a whole number >= 1; got {neighbors!r}.")
+        if self.memory is None:
+            raise ValueError(
+                "neighbors: this checkpoint has no labelled memory (memory.safetensors); add one with "
+                "mmfusion-memory add CHECKPOINT --input DATA."
+            )
+
+    def predict_probabilities(
+        self, images: Sequence[ImageInput], texts: Sequence[str | None], *, progress: bool = False
+    ) -> np.ndarray:
+        """`(len(images), num_labels)` class probabilities for the pairs, computed `batch_size` at a time."""
+        return self._predict_pairs(images, texts, progress=progress)[0]
+
+    def _run(
+        self,
+        batches: Iterable[tuple[Sequence, Sequence]],
+        total: int,
+        *,
+        progress: bool,
+        description: str,
+        embeddings: bool = False,
+    ):
         """Probabilities for `(images, texts)` batches: images decoded and preprocessed in threads, ahead of the model.
 
         Preparing a batch (decoding its images, resizing, normalising, tokenizing) is done by the image thread pool
         (`mmfusion.parallel`; PIL and numpy release the GIL), a few batches ahead, while the model runs the current
         one. When there is a single batch, its images are decoded in parallel instead.
+
+        Returns `(probabilities, embeddings)`; the embeddings (L2-normalised) only when asked for, else None.
         """
-        chunks = []
+        chunks, vectors = [], []
         with (
             tqdm(total=total, unit=" images", disable=not progress, desc=description, smoothing=0.1) as bar,
             image_thread_pool() as pool,
         ):
             for inputs, count in _prefetched(pool, batches, self._prepare_batch, ahead=usable_cpu_count() + 1):
-                chunks.append(self._probabilities(inputs))
+                probabilities, batch_vectors = self._probabilities(inputs, embeddings)
+                chunks.append(probabilities)
+                vectors.append(batch_vectors)
                 bar.update(count)
         if not chunks:
-            return np.zeros((0, len(self.label_names)))
-        return np.concatenate(chunks)
+            return np.zeros((0, len(self.label_names))), (np.zeros((0, 0), np.float32) if embeddings else None)
+        return np.concatenate(chunks), (np.concatenate(vectors) if embeddings else None)
 
     def _prepare_batch(self, images: Sequence, texts: Sequence[str | None], pool=None):
         """Processor outputs for one batch, and its size. `pool`: decode the images in parallel.
@@ -231,8 +308,14 @@ class MMFusionPredictor:
         inputs = self.processor(images=pil_images, text=captions, return_tensors=self.backend.return_tensors)
         return inputs, len(captions)
 
-    def _probabilities(self, inputs) -> np.ndarray:
-        return config_probabilities(self.backend.logits(inputs), self.config, temperature=self.temperature)
+    def _probabilities(self, inputs, embeddings: bool = False):
+        """A batch's probabilities (the config's prediction mode applied) and, when asked for, its embeddings."""
+        if self.prediction_mode == "head" and not embeddings:
+            return config_probabilities(self.backend.logits(inputs), self.config, temperature=self.temperature), None
+        logits, vectors = self.backend.logits_and_embeddings(inputs)
+        scores = self.memory.knn_scores(vectors, self.config.knn_k) if self.prediction_mode != "head" else None
+        probabilities = config_probabilities(logits, self.config, temperature=self.temperature, knn_scores=scores)
+        return probabilities, vectors
 
     # ------------------------------------------------------------------------------------------------ explanations
 
@@ -311,6 +394,7 @@ class MMFusionPredictor:
         report_path: str | os.PathLike | None = None,
         progress: bool = True,
         threshold=None,
+        neighbors: int | None = None,
         **load_options,
     ) -> Predictions:
         r"""
@@ -335,6 +419,8 @@ class MMFusionPredictor:
                 Show a tqdm progress bar.
             threshold (`float` or `list[float]`, *optional*):
                 The decision threshold for this call (default: the predictor's).
+            neighbors (`int`, *optional*):
+                Also find each row's nearest labelled examples (`Predictions.neighbors`, in each record).
             load_options:
                 Passed to `load_image_text_dataset`: the fields of `mmfusion.data.LoaderArguments` (`image_column`,
                 `text_column`, `id_column`, `class_names`, `encoding`, `max_image_pixels`, `cache_dir`, ...), e.g.
@@ -356,13 +442,17 @@ class MMFusionPredictor:
             report.save(report_path)
         split = choose_split(dataset_dict, split, source)
         predictions = self.predict_dataset(
-            dataset_dict[split], progress=progress, description=f"Predicting {split}", threshold=threshold
+            dataset_dict[split],
+            progress=progress,
+            description=f"Predicting {split}",
+            threshold=threshold,
+            neighbors=neighbors,
         )
         predictions.split, predictions.report = split, report
         return predictions
 
     def predict_dataset(
-        self, dataset, *, progress: bool = True, description: str = "Predicting", threshold=None
+        self, dataset, *, progress: bool = True, description: str = "Predicting", threshold=None, neighbors=None
     ) -> Predictions:
         """Predict a `datasets.Dataset` with `id`, `image` and `text` columns (and optionally `label`).
 
@@ -379,9 +469,13 @@ class MMFusionPredictor:
             ([encoded_image(image) for image in batch["image"]], batch["text"])
             for batch in undecoded.select_columns(["image", "text"]).iter(batch_size=self.batch_size)
         )
-        probabilities = self._run(batches, len(rows), progress=progress, description=description)
+        probabilities, found = self._run_with_neighbors(
+            batches, len(rows), neighbors, progress=progress, description=description
+        )
         if state is not None:
             probabilities = gather_in_order(probabilities, state)
+            if found is not None:  # every process returns all rows
+                found = gather_rows_in_order(found, state)
         labels = None
         if "label" in dataset.column_names:  # multi-label: lists of class ids (None: unlabeled), made multi-hot
             labels = dataset["label"] if self.multi_label else np.asarray(dataset["label"])
@@ -392,6 +486,7 @@ class MMFusionPredictor:
             true_labels=labels,
             threshold=self._threshold(threshold),
             multi_label=self.multi_label,
+            neighbors=found,
         )
 
     def __repr__(self) -> str:
@@ -400,6 +495,29 @@ class MMFusionPredictor:
             f"{type(self).__name__}(backend={engine}, labels={self.label_names}, batch_size={self.batch_size}, "
             f"threshold={self.threshold}, temperature={self.temperature:g})"
         )
+
+
+def export_memory(folder):
+    """An ONNX export folder's labelled memory (copied there by `mmfusion-export`), None without one. Its
+    fingerprint must be the one the export recorded for the model it traced (`onnx_export.json`)."""
+    import json
+    from pathlib import Path
+
+    from ..memory import LabelledMemory, MemoryMismatchError
+
+    memory = LabelledMemory.load(folder)
+    if memory is None:
+        return None
+    info_path = Path(folder) / "onnx_export.json"
+    recorded = (
+        json.loads(info_path.read_text(encoding="utf-8")).get("model_fingerprint") if info_path.is_file() else None
+    )
+    if recorded != memory.fingerprint:
+        raise MemoryMismatchError(
+            f"The memory in {folder} was built by another model (fingerprint {memory.fingerprint}; the exported model's "
+            f"is {recorded}): export the checkpoint again, with its memory."
+        )
+    return memory
 
 
 def encoded_image(item: dict) -> bytes | str:

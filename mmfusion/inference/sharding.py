@@ -52,6 +52,14 @@ def gather_in_order(local: np.ndarray, state) -> np.ndarray:
     return np.concatenate(parts) if parts else local
 
 
+def gather_rows_in_order(local: list, state) -> list:
+    """`gather_in_order` for a list of picklable rows (e.g. each row's nearest labelled examples)."""
+    from accelerate.utils import gather_object
+
+    parts = gather_object([local])
+    return [row for part in parts for row in part]
+
+
 def is_main_process(state) -> bool:
     return state is None or state.is_main_process
 
@@ -64,6 +72,7 @@ def main_process_first(state):
 __all__ = [
     "batch_aligned_shares",
     "gather_in_order",
+    "gather_rows_in_order",
     "is_main_process",
     "launched_processes",
     "launcher_state",

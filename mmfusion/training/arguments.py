@@ -121,6 +121,24 @@ class ModelArguments:
             "the joint space (text_projection/visual_projection); false: the towers' pooler outputs, as RGCL does."
         },
     )
+    # The labelled memory (issue 21, mmfusion/memory.py): built from the training split after training.
+    build_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "After training, embed the training split into the checkpoint's labelled memory "
+            "(memory.safetensors: one forward pass, no gradients; 4 bytes x embedding width per row) for kNN "
+            "predictions, neighbours as explanations and updates without retraining (mmfusion-memory)."
+        },
+    )
+    prediction_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "head, knn or mix (see mmfusion/memory.py). Default: chosen on the validation split by the "
+            "selection metric (head unless kNN or a mix scores higher), recorded in the config.",
+            "choices": ["head", "knn", "mix"],
+        },
+    )
+    knn_k: int = field(default=20, metadata={"help": "Neighbours the kNN score reads (RGCL: 20)."})
 
 
 def model_arguments_class() -> type[ModelArguments]:

@@ -30,22 +30,43 @@ MULTI_LABEL_DEFAULT_POLICY = "max_f1"
 logger = logging.getLogger(__name__)
 
 
-def fit_operating_point(config, validation_logits, validation_labels, label_names, *, split, calibrate, policy):
+def fit_operating_point(
+    config,
+    validation_logits,
+    validation_labels,
+    label_names,
+    *,
+    split,
+    calibrate,
+    policy,
+    knn_scores=None,
+    choose_mode=None,
+):
     """Set `config`'s temperature (when `calibrate`) and decision threshold (`policy`, see
     `mmfusion.evaluation.thresholds`) from the validation split's logits; returns what was done, for the log.
 
     `validation_logits` may be None (no labeled validation split): then nothing is fitted, and a policy that needs
     fitting is refused. Raises `UnreachableTargetError` for a target the validation split cannot meet.
+
+    With a labelled memory: `knn_scores` are the validation split's kNN scores, and `choose_mode(config, logits,
+    labels)` (`mmfusion.training.memory.mode_chooser`) sets the prediction mode after the temperature and before the
+    threshold, which is then fitted on that mode's probabilities.
     """
     done = {}
     multi_label = is_multi_label(config)
     if multi_label:
-        return _fit_multi_label(config, validation_logits, validation_labels, label_names, split, policy, done)
+        if choose_mode is not None and validation_logits is not None:
+            done["mode"] = choose_mode(config, validation_logits, validation_labels)
+        return _fit_multi_label(
+            config, validation_logits, validation_labels, label_names, split, policy, done, knn_scores
+        )
     if calibrate and validation_logits is not None and not multi_label:
         fit = fit_temperature(validation_logits, validation_labels, split=split)
         config.calibration_temperature = fit.temperature
         config.calibration = fit.to_dict()
         done["temperature"] = fit
+    if choose_mode is not None and validation_logits is not None:
+        done["mode"] = choose_mode(config, validation_logits, validation_labels)
     if policy is None:
         return done
     policy = parse_policy(policy)
@@ -54,7 +75,7 @@ def fit_operating_point(config, validation_logits, validation_labels, label_name
         config.decision_policy = "fixed"
         config.decision_figures = None
         if validation_logits is not None:
-            probabilities = config_probabilities(validation_logits, config)
+            probabilities = config_probabilities(validation_logits, config, knn_scores=knn_scores)
             figures = operating_point_report(probabilities, validation_labels, config.decision_threshold, label_names)
             config.decision_figures = {"policy": "fixed", "split": split, **figures}
     else:
@@ -63,14 +84,14 @@ def fit_operating_point(config, validation_logits, validation_labels, label_name
                 f"--decision_threshold {policy} is chosen on the validation split, and this run has no labeled "
                 "validation split; give a number instead, or a validation split (--validation_split)."
             )
-        probabilities = config_probabilities(validation_logits, config)
+        probabilities = config_probabilities(validation_logits, config, knn_scores=knn_scores)
         threshold, figures = fit_decision_threshold(probabilities, validation_labels, policy, label_names, split=split)
         config.decision_threshold, config.decision_policy, config.decision_figures = threshold, str(policy), figures
     done["threshold"] = config.decision_threshold
     return done
 
 
-def _fit_multi_label(config, logits, labels, label_names, split, policy, done):
+def _fit_multi_label(config, logits, labels, label_names, split, policy, done, knn_scores=None):
     """Per-label thresholds: `policy` (default `max_f1`) on the validation split's sigmoids; a fixed number is
     applied to every label; without a labeled validation split and without a policy, nothing (0.5 per label)."""
     if policy is None:
@@ -84,7 +105,7 @@ def _fit_multi_label(config, logits, labels, label_names, split, policy, done):
             "validation split; give a number instead, or a validation split (--validation_split)."
         )
     if logits is not None:
-        probabilities = config_probabilities(logits, config)
+        probabilities = config_probabilities(logits, config, knn_scores=knn_scores)
         labels = multi_hot(labels, len(label_names))
         thresholds, figures = fit_multi_label_thresholds(probabilities, labels, policy, label_names, split=split)
     else:
@@ -101,19 +122,29 @@ def _fit_multi_label(config, logits, labels, label_names, split, policy, done):
 
 
 def run_operating_point(
-    trainer, raw, prepared, splits, model_args, output_dir, *, save: bool, trained: bool = True
+    trainer, raw, prepared, splits, model_args, output_dir, *, save: bool, trained: bool = True, knn_scores=None
 ) -> dict:
     """train.py's step: predict the validation split, fit, and save the config beside the weights when `save`.
 
     `trained`: the model was trained in this run, so a multi-label model gets its default per-label thresholds
     (`max_f1`) even without a policy; a checkpoint only evaluated keeps its own unless a policy is given.
+    `knn_scores`: `{split: kNN scores}` when the model has a labelled memory (`mmfusion.training.memory`); a memory
+    built in this run (`model_args.build_memory`) gets its prediction mode chosen here, on the validation split.
     Returns `{split: logits}` for the split it predicted, so that train.py does not predict it twice."""
     config = trainer.model.config
     validation = splits.get("validation")
     labeled = validation is not None and any(has_label(label) for label in raw[validation]["label"])
     policy = model_args.decision_threshold
     multi_label = is_multi_label(config)
-    if not (model_args.calibrate or policy is not None or (multi_label and trained)):
+    validation_scores = (knn_scores or {}).get(validation)
+    choose_mode = None
+    if validation_scores is not None and labeled and trained and getattr(model_args, "build_memory", False):
+        from .memory import mode_chooser
+
+        names = raw[validation].features["label"]
+        names = (names.feature if multi_label else names).names
+        choose_mode = mode_chooser(validation_scores, names, split=validation, forced=model_args.prediction_mode)
+    if not (model_args.calibrate or policy is not None or (multi_label and trained) or choose_mode is not None):
         return {}
     logits = trainer.predict_logits(prepared[validation]) if labeled else None
     if multi_label:
@@ -123,7 +154,15 @@ def run_operating_point(
         labels = np.asarray(raw[validation]["label"]) if labeled else None
         label_names = raw[validation or next(iter(raw))].features["label"].names
     done = fit_operating_point(
-        config, logits, labels, label_names, split=validation, calibrate=model_args.calibrate, policy=policy
+        config,
+        logits,
+        labels,
+        label_names,
+        split=validation,
+        calibrate=model_args.calibrate,
+        policy=policy,
+        knn_scores=validation_scores,
+        choose_mode=choose_mode,
     )
     if "temperature" in done:
         fit = done["temperature"]

@@ -80,15 +80,19 @@ class MMFusionTrainer(Trainer):
         processes must call this)."""
         return config_probabilities(self.predict_logits(dataset, collator), self.model.config)
 
-    def predict_split(self, raw_split, prepared_split, name: str | None = None, logits=None) -> Predictions:
+    def predict_split(
+        self, raw_split, prepared_split, name: str | None = None, logits=None, knn_scores=None
+    ) -> Predictions:
         """The model's predictions on one split: `prepared_split` scored (or its `logits`, when already computed),
-        `raw_split`'s ids, captions and labels; decided with the config's decision threshold."""
+        `raw_split`'s ids, captions and labels; decided with the config's decision threshold. `knn_scores` (the
+        split's, over the model's labelled memory): the config's prediction mode is applied."""
         logits = self.predict_logits(prepared_split) if logits is None else logits
         multi_label = is_multi_label(self.model.config)
         feature = raw_split.features["label"]
         return Predictions(
             ids=raw_split["id"],
-            probabilities=config_probabilities(logits, self.model.config),
+            probabilities=config_probabilities(logits, self.model.config, knn_scores=knn_scores),
+            head_probabilities=config_probabilities(logits, self.model.config) if knn_scores is not None else None,
             label_names=(feature.feature if multi_label else feature).names,
             true_labels=raw_split["label"],
             texts=raw_split["text"],
