@@ -31,6 +31,8 @@ DUAL_ENCODER_TOWERS = frozenset(
 # first token's state where it has none), "cls" (the first token's last hidden state), "mean" (mean over the real
 # tokens, what sentence-transformers models such as all-MiniLM-L6-v2 were trained with).
 TEXT_POOLINGS = ("pooler", "cls", "mean")
+# What a checkpoint's weights file holds of a joint model's vision-language model (see `vision_language_weights`).
+VISION_LANGUAGE_WEIGHTS = ("full", "lora", "adapter")
 # At most 7x7 image tokens by default: what a ResNet gives at 224 px, and the cost of early fusion grows with it.
 MAX_DEFAULT_IMAGE_GRID = 7
 
@@ -155,12 +157,27 @@ class MMFusionConfig(PretrainedConfig):
             `"fpr=0.01"` (see `mmfusion.evaluation.thresholds`).
         decision_figures (`dict`, *optional*):
             What the threshold met on the split it was chosen on (precision, recall, FPR, F1 per class).
+        vision_language_config (`dict` or `PretrainedConfig`, *optional*):
+            `fusion="joint"`: the config of the image-text-to-text model that is the only tower (Qwen2-VL,
+            Qwen2.5-VL, SmolVLM/Idefics3, ...; `AutoModelForImageTextToText`). The text and vision sub-configs are
+            then unused.
+        vision_language_model_name_or_path (`str`, *optional*):
+            The checkpoint the vision-language model started from (`from_vision_language_pretrained` records it):
+            where an adapter checkpoint loads its base weights from.
+        vision_language_weights (`str`, *optional*, defaults to `"full"`):
+            What `model.safetensors` holds of the vision-language model: `"full"` (every weight; LoRA merged or
+            never used), `"lora"` (every weight with the LoRA layers unmerged, as training checkpoints are saved:
+            loading needs peft) or `"adapter"` (only the LoRA weights and the head: loading reads the base model from
+            `vision_language_model_name_or_path` and needs peft). See `mmfusion.vision_language`.
+        answer_token_ids (`list[int]`, *optional*):
+            `fusion="joint"`: the token id of each class's answer word ("No", "Yes" for two classes), the target of
+            the answer-token loss (`answer_loss_weight`).
     """
 
     model_type = "mmfusion"
     # What the Trainer's predictions leave out: the retrieval embeddings are asked for explicitly (`embed`).
     keys_to_ignore_at_inference = ["embeddings"]
-    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig, "vision_language_config": AutoConfig}
 
     def __init__(
         self,
@@ -180,6 +197,10 @@ class MMFusionConfig(PretrainedConfig):
         decision_threshold: float | list[float] | None = None,
         decision_policy: str | None = None,
         decision_figures: dict | None = None,
+        vision_language_config: dict | PretrainedConfig | None = None,
+        vision_language_model_name_or_path: str | None = None,
+        vision_language_weights: str = "full",
+        answer_token_ids: list[int] | None = None,
         **kwargs,
     ):
         self.text_config = _as_config(text_config, BertConfig.model_type)
@@ -200,6 +221,12 @@ class MMFusionConfig(PretrainedConfig):
         self.decision_threshold = decision_threshold
         self.decision_policy = decision_policy
         self.decision_figures = decision_figures
+        self.vision_language_config = (
+            None if vision_language_config is None else _as_config(vision_language_config, "")
+        )
+        self.vision_language_model_name_or_path = vision_language_model_name_or_path
+        self.vision_language_weights = vision_language_weights
+        self.answer_token_ids = list(answer_token_ids) if answer_token_ids is not None else None
         # Every registered fusion's settings, with their defaults (what a config saved without one means).
         for name, setting in fusion_settings().items():
             setattr(self, name, kwargs.pop(name, setting.default))
@@ -250,6 +277,11 @@ class MMFusionConfig(PretrainedConfig):
             )
         if getattr(self.text_config, "is_decoder", False):
             raise ValueError("The text tower must be a bidirectional encoder; got a config with is_decoder=True.")
+        if self.vision_language_weights not in VISION_LANGUAGE_WEIGHTS:
+            raise ValueError(
+                f"vision_language_weights must be one of {', '.join(VISION_LANGUAGE_WEIGHTS)}; got "
+                f"{self.vision_language_weights!r}."
+            )
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}; got {self.text_pooling!r}.")
         self.calibration_temperature = check_temperature(self.calibration_temperature)
@@ -273,7 +305,7 @@ class MMFusionConfig(PretrainedConfig):
             )
         fusion = FUSIONS[self.fusion]
         if fusion.needs_bert_like_text and self.text_config.model_type in DUAL_ENCODER_TOWERS:
-            working = [name for name, other in FUSIONS.items() if not other.needs_bert_like_text]
+            working = [n for n, other in FUSIONS.items() if not other.needs_bert_like_text and not other.joint_encoder]
             raise ValueError(
                 f"fusion={self.fusion!r} runs the image tokens through the text encoder, which needs a bidirectional "
                 f"BERT-like encoder taking token types; the {self.text_config.model_type} text tower is not one. "

@@ -1,0 +1,135 @@
+"""Tiny random vision-language models with working processors, saved like Hub checkpoints: built offline.
+
+Sizes follow transformers' own model testers (tests/models/qwen2_vl, tests/models/idefics3): two layers, width 32.
+The tokenizer is a byte-level BPE trained here on a few strings (the prompt, the answers, the chat markup), wrapped
+as the model's tokenizer class with the special tokens its processor looks for; the chat template is the model's
+own template string.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from mmfusion.fusions import DEFAULT_PROMPT_TEMPLATE
+
+# Qwen2-VL-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2-VL-2B-Instruct).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_VL_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# SmolVLM-Instruct's chat template.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+SMOLVLM_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+]
+TRAINING_STRINGS = [
+    DEFAULT_PROMPT_TEMPLATE.format(caption="look how many people love you"),
+    "system user assistant User: Assistant: You are a helpful assistant.",
+    "Yes No",
+    "a cat sits on the mat, the dog barks at the mailman, look at this sunset",
+]
+# The tiny vision towers see at most 56x56 pixels: 4x4 patches of 14 px.
+MAX_PIXELS = 56 * 56
+
+
+def byte_level_bpe(special_tokens: list[str], vocab_size: int = 320, extra_strings=()) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator((TRAINING_STRINGS + list(extra_strings)) * 3, trainer)
+    return tokenizer
+
+
+def tiny_qwen2_vl_checkpoint(folder, seed: int = 0, extra_strings=()):
+    """A random Qwen2VLForConditionalGeneration (2 text and 2 vision layers, width 32) and its Qwen2VLProcessor
+    (Qwen2-VL's chat template, images of at most 56x56 pixels) saved in `folder`; returns the model."""
+    import torch
+    from transformers import (
+        AutoModelForImageTextToText,
+        Qwen2TokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=byte_level_bpe(QWEN2_VL_SPECIAL_TOKENS, extra_strings=extra_strings),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    pixels = dict(min_pixels=28 * 28, max_pixels=MAX_PIXELS, patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    token = tokenizer.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0},
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=4,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=token("<|image_pad|>"),
+        video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"),
+        vision_end_token_id=token("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model
