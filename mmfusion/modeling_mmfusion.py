@@ -724,9 +724,12 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             # loader's renaming undoes for whole checkpoints only; an adapter is loaded and checked key by key.
             from safetensors.torch import save_file
 
+            folder = Path(save_directory)
+            for stale in [folder / "model.safetensors.index.json", *folder.glob("model-*-of-*.safetensors")]:
+                stale.unlink(missing_ok=True)  # the shards of a whole model saved there before
             save_file(
                 {k: v.detach().contiguous() for k, v in kwargs["state_dict"].items()},
-                str(Path(save_directory) / "model.safetensors"),
+                str(folder / "model.safetensors"),
                 metadata={"format": "pt"},
             )
         return result

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from test_checkpoint import logits_seen_by_a_hub_user
-from tiny_vlms import tiny_qwen2_vl_checkpoint
+from tiny_vlms import tiny_idefics3_checkpoint, tiny_qwen2_vl_checkpoint
 from torch.testing import assert_close
 
 from mmfusion import MMFusionForClassification, MMFusionProcessor
@@ -258,3 +258,41 @@ def test_the_pipeline_and_mmfusion_predict_run_on_the_merged_checkpoint(joint, s
     assert result.returncode == 0, result.stderr[-3000:]
     lines = output.read_text().splitlines()
     assert len(lines) == 1 + len(CAPTIONS) and lines[0].startswith("id,")
+
+
+def test_a_tiny_smolvlm_idefics3_model_goes_through_the_same_contract(tmp_path):
+    """SmolVLM's architecture (Idefics3: vision tower, connector, Llama): prompt by its chat template, LoRA on the
+    language model only, training on a fixed batch, merged save -> reload with the same logits."""
+    tiny_idefics3_checkpoint(tmp_path / "base")
+    torch.manual_seed(0)
+    model = MMFusionForClassification.from_vision_language_pretrained(
+        str(tmp_path / "base"), num_labels=2, joint_head_size=16, answer_loss_weight=1.0, joint_pooling="mean", **LORA
+    )
+    processor = MMFusionProcessor.from_vision_language_pretrained(str(tmp_path / "base"), config=model.config)
+    (prompt,) = processor.joint_prompts(["a cat"])
+    assert prompt.startswith("<|im_start|>User:<image>") and prompt.endswith("Assistant:") and '"a cat"' in prompt
+    inputs = processor(images=images(), text=CAPTIONS)
+    assert "pixel_attention_mask" in inputs  # Idefics3's own input reaches the model
+    vision = {id(p) for module in model.mmfusion.vision_tower_modules() for p in module.parameters()}
+    assert vision and not any(p.requires_grad for p in model.parameters() if id(p) in vision)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    labels = torch.tensor([1, 0, 1, 0])
+    losses = []
+    model.train()
+    for _ in range(10):
+        loss = model(**inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3, losses
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path / "merged", vision_language_weights="full")
+    processor.save_pretrained(tmp_path / "merged")
+    reloaded = MMFusionForClassification.from_pretrained(tmp_path / "merged").eval()
+    again = MMFusionProcessor.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        assert_close(reloaded(**again(images=images(), text=CAPTIONS)).logits, expected, atol=1e-5, rtol=1e-4)

@@ -133,3 +133,82 @@ def tiny_qwen2_vl_checkpoint(folder, seed: int = 0, extra_strings=()):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return model
+
+
+IDEFICS3_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+]
+
+
+def tiny_idefics3_checkpoint(folder, seed: int = 0):
+    """A random Idefics3ForConditionalGeneration (SmolVLM's architecture: a SigLIP-like vision tower, pixel shuffle,
+    a Llama language model; 2 layers of width 32 each) and its Idefics3Processor (SmolVLM's chat template, 32-px
+    images without splitting: 4 image tokens) saved in `folder`; returns the model."""
+    import torch
+    from transformers import (
+        AutoModelForImageTextToText,
+        Idefics3Config,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_level_bpe(IDEFICS3_SPECIAL_TOKENS),
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS3_SPECIAL_TOKENS[2:]})
+    image_processor = Idefics3ImageProcessor(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=SMOLVLM_CHAT_TEMPLATE
+    )
+    config = Idefics3Config(
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        scale_factor=2,  # (32 / 8)^2 patches / 2^2 = 4 image tokens
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model
+
+
+if __name__ == "__main__":  # python tests/tiny_vlms.py FOLDER: the tiny Qwen2-VL that train.py's joint demo runs on
+    import sys
+
+    from mmfusion.data.demo import COLD_WORDS, FILLER_WORDS, WARM_WORDS
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python tests/tiny_vlms.py FOLDER")
+    # the demo's words in the vocabulary, so that each caption keyword is one token
+    tiny_qwen2_vl_checkpoint(sys.argv[1], extra_strings=[" ".join(WARM_WORDS + COLD_WORDS + FILLER_WORDS)] * 5)
+    print(f"Saved a tiny random Qwen2-VL with its processor to {sys.argv[1]}")
