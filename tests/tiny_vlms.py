@@ -57,6 +57,7 @@ TRAINING_STRINGS = [
     "Yes No",
     "a cat sits on the mat, the dog barks at the mailman, look at this sunset",
 ]
+MROPE = {8: [2, 1, 1], 16: [4, 2, 2]}  # head_dim -> Qwen2-VL's mrope_section
 # The tiny vision towers see at most 56x56 pixels: 4x4 patches of 14 px.
 MAX_PIXELS = 56 * 56
 
@@ -72,7 +73,7 @@ def byte_level_bpe(special_tokens: list[str], vocab_size: int = 320, extra_strin
     return tokenizer
 
 
-def tiny_qwen2_vl_checkpoint(folder, seed: int = 0, extra_strings=()):
+def tiny_qwen2_vl_checkpoint(folder, seed: int = 0, extra_strings=(), vocab_size: int = 320, hidden_size: int = 32):
     """A random Qwen2VLForConditionalGeneration (2 text and 2 vision layers, width 32) and its Qwen2VLProcessor
     (Qwen2-VL's chat template, images of at most 56x56 pixels) saved in `folder`; returns the model."""
     import torch
@@ -86,7 +87,7 @@ def tiny_qwen2_vl_checkpoint(folder, seed: int = 0, extra_strings=()):
     )
 
     tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=byte_level_bpe(QWEN2_VL_SPECIAL_TOKENS, extra_strings=extra_strings),
+        tokenizer_object=byte_level_bpe(QWEN2_VL_SPECIAL_TOKENS, vocab_size=vocab_size, extra_strings=extra_strings),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
@@ -102,13 +103,14 @@ def tiny_qwen2_vl_checkpoint(folder, seed: int = 0, extra_strings=()):
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
+            hidden_size=hidden_size,
+            intermediate_size=37 * hidden_size // 32,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=512,
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0},
+            # mrope sections (temporal, height, width) split head_dim / 2 rotary frequencies
+            rope_parameters={"rope_type": "default", "mrope_section": MROPE[hidden_size // 4], "rope_theta": 10000.0},
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=None,
             eos_token_id=tokenizer.eos_token_id,
@@ -116,7 +118,7 @@ def tiny_qwen2_vl_checkpoint(folder, seed: int = 0, extra_strings=()):
         vision_config=dict(
             depth=2,
             embed_dim=32,
-            hidden_size=32,
+            hidden_size=hidden_size,  # the merger's output: the language model's width
             num_heads=4,
             mlp_ratio=4,
             patch_size=14,
@@ -209,6 +211,7 @@ if __name__ == "__main__":  # python tests/tiny_vlms.py FOLDER: the tiny Qwen2-V
 
     if len(sys.argv) != 2:
         raise SystemExit("usage: python tests/tiny_vlms.py FOLDER")
-    # the demo's words in the vocabulary, so that each caption keyword is one token
-    tiny_qwen2_vl_checkpoint(sys.argv[1], extra_strings=[" ".join(WARM_WORDS + COLD_WORDS + FILLER_WORDS)] * 5)
+    # the demo's words in the vocabulary, so that each caption keyword is one token; 64 wide
+    words = " ".join(WARM_WORDS + COLD_WORDS + FILLER_WORDS)
+    tiny_qwen2_vl_checkpoint(sys.argv[1], extra_strings=[words] * 5, vocab_size=600, hidden_size=64)
     print(f"Saved a tiny random Qwen2-VL with its processor to {sys.argv[1]}")
