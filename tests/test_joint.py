@@ -320,3 +320,23 @@ def test_train_py_trains_a_joint_model_and_saves_it_merged(joint, tmp_path, repo
     assert "image_blanked" in json.dumps(report)  # the modality ablation ran through the joint collator
     model = MMFusionForClassification.from_pretrained(output)
     assert not any(LORA_MARKER in name for name, _ in model.named_parameters())
+
+
+def test_the_app_classifies_with_a_joint_checkpoint(joint, saved, repo_root, tmp_path):
+    import importlib.util
+
+    from mmfusion.inference import MMFusionPredictor
+
+    spec = importlib.util.spec_from_file_location("mmfusion_demo_app", repo_root / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)  # builds and launches nothing
+    predictor = MMFusionPredictor.from_pretrained(saved["full"], device="cpu")
+    image_path = tmp_path / "meme.png"
+    images()[1].save(image_path)
+    probabilities, table, verdict, decision = app.classify(predictor, str(image_path), CAPTIONS[1])
+    with torch.no_grad():
+        expected = joint.model(**joint.processor(images=images()[1], text=CAPTIONS[1])).logits.softmax(-1)[0]
+    assert probabilities["hateful"] == pytest.approx(expected[1].item(), abs=1e-5)
+    assert [row[0] for row in table] == ["image + caption", "image blanked", "caption emptied", "both removed"]
+    assert "Decision" in decision and verdict
+    assert app.explain(predictor, str(image_path), CAPTIONS[1])[2].startswith("Explanations are not available")
