@@ -57,7 +57,7 @@ TRAINING_STRINGS = [
     "Yes No",
     "a cat sits on the mat, the dog barks at the mailman, look at this sunset",
 ]
-MROPE = {8: [2, 1, 1], 16: [4, 2, 2]}  # head_dim -> Qwen2-VL's mrope_section
+MROPE = {8: [2, 1, 1], 16: [4, 2, 2], 32: [8, 4, 4]}  # head_dim -> Qwen2-VL's mrope_section
 # The tiny vision towers see at most 56x56 pixels: 4x4 patches of 14 px.
 MAX_PIXELS = 56 * 56
 
