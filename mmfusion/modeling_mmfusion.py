@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -713,26 +712,17 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             raise ValueError("An adapter checkpoint needs the base model's id (vision_language_model_name_or_path).")
         if layout != live:
             kwargs["state_dict"] = merged_state_dict(self) if layout == "full" else adapter_state_dict(self)
+        # Keys as this model names them. transformers would rename a VLM's keys to its legacy checkpoint layout
+        # (Qwen2-VL: `model.layers.*` for `model.language_model.layers.*`), which only `from_pretrained` renames back:
+        # the Trainer reloads its best checkpoint with a plain, non-strict `load_state_dict`, which would then skip
+        # every language-model weight without a word, and an adapter is checked key by key.
+        kwargs.setdefault("save_original_format", False)
         kept = self.config.vision_language_weights
         self.config.vision_language_weights = layout
         try:
-            result = super().save_pretrained(save_directory, *args, **kwargs)
+            return super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             self.config.vision_language_weights = kept
-        if layout == "adapter":
-            # Written as named here: `save_pretrained` renames a VLM's keys to its legacy checkpoint layout, which the
-            # loader's renaming undoes for whole checkpoints only; an adapter is loaded and checked key by key.
-            from safetensors.torch import save_file
-
-            folder = Path(save_directory)
-            for stale in [folder / "model.safetensors.index.json", *folder.glob("model-*-of-*.safetensors")]:
-                stale.unlink(missing_ok=True)  # the shards of a whole model saved there before
-            save_file(
-                {k: v.detach().contiguous() for k, v in kwargs["state_dict"].items()},
-                str(folder / "model.safetensors"),
-                metadata={"format": "pt"},
-            )
-        return result
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

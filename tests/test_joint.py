@@ -161,6 +161,18 @@ def test_save_and_reload_give_the_same_logits(joint, saved, layout):
     assert_close(logits, joint.logits, atol=1e-5, rtol=1e-4)
 
 
+def test_a_saved_checkpoint_names_its_keys_as_the_model_does(joint, tmp_path):
+    """The Trainer reloads its best checkpoint with a plain non-strict `load_state_dict`: keys renamed to a VLM's
+    legacy layout (transformers' default on save) would leave every language-model weight out without a word."""
+    from safetensors.torch import load_file
+
+    joint.model.save_pretrained(tmp_path)  # the default: LoRA unmerged, as the Trainer's checkpoints
+    saved = load_file(tmp_path / "model.safetensors")
+    assert set(saved) == set(joint.model.state_dict())
+    result = joint.model.load_state_dict(saved, strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
 def test_the_merged_checkpoint_really_merges_and_the_adapter_is_small(joint, saved):
     from safetensors.torch import load_file
 
