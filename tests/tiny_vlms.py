@@ -204,6 +204,76 @@ def tiny_idefics3_checkpoint(folder, seed: int = 0):
     return model
 
 
+# LLaVA-1.5's conversation layout ("USER: <image>\n... ASSISTANT:") as a chat template.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: {% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    " {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def tiny_llava_checkpoint(folder, seed: int = 0):
+    """A random LlavaForConditionalGeneration (a 2-layer CLIP vision tower over 8-px patches of 32-px images, the
+    projector, a 2-layer Llama; width 32) and its LlavaProcessor (CLIP's image processor, fixed 32-px input; 17
+    image tokens) saved in `folder`; returns the model."""
+    import torch
+    from transformers import (
+        AutoModelForImageTextToText,
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_level_bpe(["<unk>", "<s>", "</s>", "<image>", "<pad>"]),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,  # CLIP's class token
+    )
+    config = LlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model
+
+
 if __name__ == "__main__":  # python tests/tiny_vlms.py FOLDER: the tiny Qwen2-VL that train.py's joint demo runs on
     import sys
 
