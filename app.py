@@ -127,6 +127,8 @@ def explain(predictor: MMFusionPredictor, image_path: str | None, text: str | No
         raise gr.Error("Upload an image first.")
     if getattr(predictor.backend, "model", None) is None:
         return None, [], "Explanations need the PyTorch backend (gradients); this app runs an ONNX export."
+    if getattr(predictor.config, "vision_language_config", None) is not None:
+        return None, [], "Explanations are not available yet for a joint vision-language model (fusion=joint)."
     try:
         image = load_image(image_path)
     except ImageCheckError as error:

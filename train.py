@@ -32,7 +32,7 @@ from mmfusion.fusions import FUSIONS
 from mmfusion.training.arguments import parse_arguments
 from mmfusion.training.baselines import baseline_arguments, read_baseline_reports
 from mmfusion.training.card import MODEL_CARD_TEMPLATE, card_arguments
-from mmfusion.training.collator import MMFusionCollator
+from mmfusion.training.collator import collator_for
 from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dtype
 from mmfusion.training.memory import metrics_in_mode, run_memory_step
 from mmfusion.training.operating_point import run_operating_point
@@ -96,7 +96,9 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     model = build_model(model_args, label_names, len(processor.tokenizer), image_size, multi_label=multi_label)
     fusion = FUSIONS[model.config.fusion]
     use_features = model.config.freeze_vision_encoder and data_args.cache_image_features and fusion.needs_image
-    if not fusion.needs_image:
+    if fusion.joint_encoder:
+        image_inputs = "the vision-language model's processor, per batch"
+    elif not fusion.needs_image:
         image_inputs = "none (no vision tower)"
     elif use_features:
         image_inputs = "cached frozen-tower " + ("embeddings" if fusion.reads_embeddings else "features")
@@ -131,7 +133,7 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     if not splits["validation"]:
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
-    collator = MMFusionCollator.for_processor(
+    collator = collator_for(
         processor,
         pad_to_multiple_of=8 if training_args.device.type == "cuda" else 1,
         num_labels=len(label_names) if multi_label else None,
@@ -203,6 +205,8 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             f"--model_name_or_path {training_args.output_dir} --output_dir {training_args.output_dir} "
             "--do_train false --decision_threshold ..."
         ) from error
+    if fusion.joint_encoder and training_args.do_train and trainer.is_world_process_zero():
+        save_joint_model(trainer.model, training_args.output_dir, model_args.vision_language_save)
     if (
         getattr(trainer.model, "memory", None) is not None
         and training_args.do_train
@@ -247,7 +251,9 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
             template_path=REPO_ROOT / MODEL_CARD_TEMPLATE,
             **card_arguments(model_args, data_args, training_args),
         )
-        if data_args.report_explained_errors > 0:  # the report's error panel: why the most confident errors
+        if fusion.joint_encoder and data_args.report_explained_errors > 0:
+            logger.info("The report's explained errors are not available for a joint vision-language model yet.")
+        elif data_args.report_explained_errors > 0:  # the report's error panel: why the most confident errors
             from mmfusion.inference.explain import explain_report_errors
 
             explain_report_errors(output_dir, trainer.model, processor, raw, data_args.report_explained_errors)
@@ -257,6 +263,19 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         trainer.push_to_hub(commit_message="mmfusion: trained model, evaluation report and model card")
     release_process_group(training_args)
     return results
+
+
+def save_joint_model(model, output_dir: str, layout: str) -> None:
+    """A trained joint model's final form in `output_dir`, over the Trainer's save (which keeps the LoRA layers
+    unmerged, as its checkpoints do): merged (`full`, self-contained) or its adapter and head (`adapter`, with the
+    base model's id); `auto` chooses by size (`mmfusion.vision_language.default_weights_layout`)."""
+    from mmfusion.vision_language import default_weights_layout
+
+    if layout == "auto":
+        layout = default_weights_layout(model)
+    if layout != model.config.vision_language_weights:
+        model.save_pretrained(output_dir, vision_language_weights=layout)
+        logger.info("Saved the joint model as %s weights (vision_language_weights=%r)", layout, layout)
 
 
 def release_process_group(training_args) -> None:

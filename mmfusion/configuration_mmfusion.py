@@ -61,6 +61,8 @@ OBJECTIVE_SETTINGS = {
         type=int,
     ),
 }
+# What a checkpoint's weights file holds of a joint model's vision-language model (see `vision_language_weights`).
+VISION_LANGUAGE_WEIGHTS = ("full", "lora", "adapter")
 # At most 7x7 image tokens by default: what a ResNet gives at 224 px, and the cost of early fusion grows with it.
 MAX_DEFAULT_IMAGE_GRID = 7
 
@@ -195,12 +197,27 @@ class MMFusionConfig(PretrainedConfig):
             The kNN share of mode `"mix"`, in [0, 1].
         memory_selection (`dict`, *optional*):
             How the mode was chosen: the split, the metric and each candidate's value on it.
+        vision_language_config (`dict` or `PretrainedConfig`, *optional*):
+            `fusion="joint"`: the config of the image-text-to-text model that is the only tower (Qwen2-VL,
+            Qwen2.5-VL, SmolVLM/Idefics3, ...; `AutoModelForImageTextToText`). The text and vision sub-configs are
+            then unused.
+        vision_language_model_name_or_path (`str`, *optional*):
+            The checkpoint the vision-language model started from (`from_vision_language_pretrained` records it):
+            where an adapter checkpoint loads its base weights from.
+        vision_language_weights (`str`, *optional*, defaults to `"full"`):
+            What `model.safetensors` holds of the vision-language model: `"full"` (every weight; LoRA merged or
+            never used), `"lora"` (every weight with the LoRA layers unmerged, as training checkpoints are saved:
+            loading needs peft) or `"adapter"` (only the LoRA weights and the head: loading reads the base model from
+            `vision_language_model_name_or_path` and needs peft). See `mmfusion.vision_language`.
+        answer_token_ids (`list[int]`, *optional*):
+            `fusion="joint"`: the token id of each class's answer word ("No", "Yes" for two classes), the target of
+            the answer-token loss (`answer_loss_weight`).
     """
 
     model_type = "mmfusion"
     # What the Trainer's predictions leave out: the retrieval embeddings are asked for explicitly (`embed`).
     keys_to_ignore_at_inference = ["embeddings"]
-    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig, "vision_language_config": AutoConfig}
 
     def __init__(
         self,
@@ -224,6 +241,10 @@ class MMFusionConfig(PretrainedConfig):
         knn_k: int = DEFAULT_KNN_K,
         mix_weight: float = 0.5,
         memory_selection: dict | None = None,
+        vision_language_config: dict | PretrainedConfig | None = None,
+        vision_language_model_name_or_path: str | None = None,
+        vision_language_weights: str = "full",
+        answer_token_ids: list[int] | None = None,
         **kwargs,
     ):
         self.text_config = _as_config(text_config, BertConfig.model_type)
@@ -246,6 +267,12 @@ class MMFusionConfig(PretrainedConfig):
         self.decision_figures = decision_figures
         self.prediction_mode, self.knn_k, self.mix_weight = prediction_mode, knn_k, mix_weight
         self.memory_selection = memory_selection
+        self.vision_language_config = (
+            None if vision_language_config is None else _as_config(vision_language_config, "")
+        )
+        self.vision_language_model_name_or_path = vision_language_model_name_or_path
+        self.vision_language_weights = vision_language_weights
+        self.answer_token_ids = list(answer_token_ids) if answer_token_ids is not None else None
         # Every registered fusion's settings, with their defaults (what a config saved without one means): the
         # fusion's own where it has one (align: RGCL's head); None (an unset train.py flag) means the same.
         fusion_class = FUSIONS.get(fusion)
@@ -303,6 +330,11 @@ class MMFusionConfig(PretrainedConfig):
             )
         if getattr(self.text_config, "is_decoder", False):
             raise ValueError("The text tower must be a bidirectional encoder; got a config with is_decoder=True.")
+        if self.vision_language_weights not in VISION_LANGUAGE_WEIGHTS:
+            raise ValueError(
+                f"vision_language_weights must be one of {', '.join(VISION_LANGUAGE_WEIGHTS)}; got "
+                f"{self.vision_language_weights!r}."
+            )
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}; got {self.text_pooling!r}.")
         self.calibration_temperature = check_temperature(self.calibration_temperature)
@@ -329,7 +361,7 @@ class MMFusionConfig(PretrainedConfig):
             )
         fusion = FUSIONS[self.fusion]
         if fusion.needs_bert_like_text and self.text_config.model_type in DUAL_ENCODER_TOWERS:
-            working = [name for name, other in FUSIONS.items() if not other.needs_bert_like_text]
+            working = [n for n, other in FUSIONS.items() if not other.needs_bert_like_text and not other.joint_encoder]
             raise ValueError(
                 f"fusion={self.fusion!r} runs the image tokens through the text encoder, which needs a bidirectional "
                 f"BERT-like encoder taking token types; the {self.text_config.model_type} text tower is not one. "

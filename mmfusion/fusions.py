@@ -250,6 +250,8 @@ class Fusion(nn.Module):
     `uses_text_pooler`: reads the caption's pooled vector (else the tower's pooler is dropped as unused);
     `ends_in_relu`: the pooled output is a ReLU's, so retrieval reads the layer before it
     (`MMFusionModelOutput.retrieval_embeds`, returned by `EmbeddingFusion.fuse_for_retrieval`).
+    `joint_encoder`: one vision-language model (`MMFusionModel.vision_language_model`) reads image and caption
+    together, in one prompt; no separate text or vision tower is built.
     """
 
     name: ClassVar[str | None] = None
@@ -269,6 +271,7 @@ class Fusion(nn.Module):
     encodes_image_tokens: ClassVar[bool] = False
     uses_text_pooler: ClassVar[bool] = True
     ends_in_relu: ClassVar[bool] = False
+    joint_encoder: ClassVar[bool] = False
 
     output_size: int
 
@@ -369,8 +372,12 @@ class FusionInputs:
         image_embeds=None,
         output_hidden_states=False,
         output_attentions=False,
+        vision_language_inputs=None,
     ):
         self.model = model
+        # What a joint encoder's processor adds beside `input_ids` and `pixel_values` (Qwen2-VL's `image_grid_thw`,
+        # Idefics3's `pixel_attention_mask`, ...), passed to the vision-language model as they are.
+        self.vision_language_inputs = dict(vision_language_inputs or {})
         self.config = model.config
         self.input_ids, self.token_type_ids, self.inputs_embeds = input_ids, token_type_ids, inputs_embeds
         self.pixel_values, self._image_features = pixel_values, image_features
@@ -710,6 +717,152 @@ class MMFusionAttentionFusion(TokenFusion):
         )
 
 
+# The vision-language joint encoder (RA-HMD's stage 1): its settings, and how its prompt states become one vector.
+JOINT_POOLINGS = ("last_token", "mean")
+DEFAULT_PROMPT_TEMPLATE = 'This is an image with: "{caption}" written on it. Is it hateful?'
+
+
+def last_token_states(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The state of each row's last real token, (B, D): the last position with left padding (how joint prompts are
+    padded), the last unmasked one with right padding."""
+    if attention_mask is None:
+        return states[:, -1]
+    positions = torch.arange(attention_mask.shape[1], device=states.device)
+    last = (attention_mask.to(states.device).bool() * positions).argmax(dim=-1)
+    return states[torch.arange(states.shape[0], device=states.device), last]
+
+
+def pool_prompt(states: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """A prompt's last-layer states as one vector: the last prompt token's (`"last_token"`: what a causal model has
+    summarised the whole prompt into, right before it would answer) or the mean over the real tokens (`"mean"`)."""
+    if pooling == "last_token":
+        return last_token_states(states, attention_mask)
+    if attention_mask is None:
+        return states.mean(dim=1)
+    keep = attention_mask.to(states.device).unsqueeze(-1).to(states.dtype)
+    return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+class MMFusionJointFusion(Fusion):
+    """One vision-language model as the only tower (RA-HMD's stage 1, Mei et al., EMNLP 2025): its processor and chat
+    template put the image and the caption in one prompt (`prompt_template`, image first, generation prompt added,
+    left padding), the model reads them together, and the last layer's state at the last prompt token (or the mean,
+    `joint_pooling`) goes through Linear(hidden -> `joint_head_size`) -> ReLU; the classifier's dropout and linear
+    layer follow in `MMFusionForClassification`. With `answer_loss_weight`, training adds the model's own next-token
+    loss on the answer word ("No"/"Yes") at the last prompt position (see `MMFusionForClassification`).
+
+    The vision-language model (Qwen2-VL, Qwen2.5-VL, SmolVLM/Idefics3, ...) is `MMFusionModel.vision_language_model`;
+    LoRA on its language model is `lora_*` (applied by `mmfusion.vision_language`, through peft)."""
+
+    name = "joint"
+    title = "joint vision-language model"
+    summary = (
+        "one vision-language model (Qwen2-VL, SmolVLM, ...) reads the image and the caption together in a prompt "
+        "built by its own chat template; the last prompt token's final state → MLP head → classifier"
+    )
+    origin = "RA-HMD (Mei et al., EMNLP 2025), stage 1"
+    description = (
+        "One vision-language model reads the image and the caption together, in a prompt built by its own chat "
+        "template ({prompt_template!r}); the last layer's state ({joint_pooling} pooling) goes through a "
+        "{joint_head_size}-unit MLP head and the classifier (RA-HMD's stage 1)."
+    )
+    settings = {
+        "prompt_template": FusionSetting(
+            DEFAULT_PROMPT_TEMPLATE,
+            "The user turn of the joint prompt, `{caption}` standing for the caption; the image comes first and the "
+            "model's chat template adds its own markup and the generation prompt (RA-HMD's prompt by default).",
+        ),
+        "joint_pooling": FusionSetting(
+            "last_token",
+            "last_token | mean: the last prompt token's final hidden state (RA-HMD's), or the mean over the prompt.",
+        ),
+        "joint_head_size": FusionSetting(1024, "Width of the joint head's hidden layer (Linear -> ReLU)."),
+        "answer_loss_weight": FusionSetting(
+            0.0,
+            "Weight of the model's own next-token loss on the answer word (`answer_token_ids`: No/Yes) beside the "
+            "classification loss; RA-HMD weighs them 1:1. 0 turns it off.",
+        ),
+        "vision_language_max_pixels": FusionSetting(
+            768 * 768,
+            "Largest image the processor passes to the model, in pixels (Qwen2-VL's `max_pixels`; larger images are "
+            "resized down, keeping their aspect ratio). RA-HMD: 768x768.",
+        ),
+        "lora_r": FusionSetting(
+            128, "LoRA rank on the language model's linear layers (peft); 0 trains without LoRA. RA-HMD: 128."
+        ),
+        "lora_alpha": FusionSetting(256, "LoRA alpha (scaling alpha / r). RA-HMD: 256."),
+        "lora_dropout": FusionSetting(0.05, "Dropout on the LoRA branch. RA-HMD: 0.05."),
+        "lora_target_modules": FusionSetting(
+            "",
+            "Comma-separated names of the language model's linear layers that get LoRA (e.g. q_proj,v_proj); "
+            "empty: every linear layer of the language model (RA-HMD's). The vision tower and projector never do.",
+        ),
+    }
+    joint_encoder = True
+    uses_text_pooler = False
+
+    def __init__(self, config):
+        super().__init__()
+        hidden_size = config.vision_language_config.get_text_config().hidden_size
+        self.head = nn.Sequential(nn.Linear(hidden_size, config.joint_head_size), nn.ReLU())
+        self.pooling = config.joint_pooling
+        self.output_size = config.joint_head_size
+
+    @classmethod
+    def validate(cls, config) -> None:
+        if getattr(config, "vision_language_config", None) is None:
+            raise ValueError(
+                "fusion='joint' needs a vision-language model: build it with "
+                "MMFusionForClassification.from_vision_language_pretrained(path, ...) (train.py: "
+                "--vision_language_model_name_or_path PATH), or pass vision_language_config."
+            )
+        if config.joint_pooling not in JOINT_POOLINGS:
+            raise ValueError(
+                f"joint_pooling must be one of {', '.join(JOINT_POOLINGS)}; got {config.joint_pooling!r}."
+            )
+        if "{caption}" not in config.prompt_template:
+            raise ValueError(f"prompt_template must contain {{caption}}; got {config.prompt_template!r}.")
+        if config.modality_dropout:
+            raise ValueError("modality_dropout is not available with fusion='joint' (one prompt holds both).")
+        if config.answer_loss_weight < 0:
+            raise ValueError(f"answer_loss_weight must be >= 0, got {config.answer_loss_weight}.")
+        if config.answer_loss_weight and not config.answer_token_ids:
+            raise ValueError(
+                "answer_loss_weight needs answer_token_ids (one token id per class: the answer words' first tokens); "
+                "from_vision_language_pretrained sets them from the model's tokenizer."
+            )
+        if config.lora_r < 0 or config.lora_alpha <= 0 or not 0 <= config.lora_dropout < 1:
+            raise ValueError(
+                f"LoRA needs lora_r >= 0, lora_alpha > 0 and lora_dropout in [0, 1); got {config.lora_r}, "
+                f"{config.lora_alpha}, {config.lora_dropout}."
+            )
+
+    def forward(self, inputs: FusionInputs) -> MMFusionModelOutput:
+        model = inputs.model.vision_language_model
+        outputs = model.base_model(
+            input_ids=inputs.input_ids,
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            pixel_values=inputs.pixel_values,
+            output_hidden_states=bool(inputs.output_hidden_states),
+            output_attentions=bool(inputs.output_attentions),
+            return_dict=True,
+            **inputs.vision_language_inputs,
+        )
+        states = outputs.last_hidden_state
+        pooled = pool_prompt(states, inputs.attention_mask, self.pooling)
+        head_dtype = self.head[0].weight.dtype
+        hidden_states = getattr(outputs, "hidden_states", None)
+        if hidden_states is not None and not isinstance(inputs.output_hidden_states, bool):
+            hidden_states = select_hidden_states(hidden_states, inputs.output_hidden_states)
+        return MMFusionModelOutput(
+            pooler_output=self.head(pooled.to(head_dtype)),
+            last_hidden_state=states,
+            hidden_states=hidden_states,
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+
 # Hate-CLIPper's settings, shared by its two interaction fusions.
 INTERACTION_SETTINGS = {
     "fusion_map_dim": FusionSetting(
@@ -945,12 +1098,16 @@ __all__ = [
     "Fusion",
     "FusionInputs",
     "FusionSetting",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "JOINT_POOLINGS",
     "MMFusionModelOutput",
     "TokenFusion",
     "fusion_names",
     "fusion_settings",
     "fusion_table",
     "image_tokens_from_features",
+    "last_token_states",
+    "pool_prompt",
     "pool_image_features",
     "pool_text",
     "register_fusion",

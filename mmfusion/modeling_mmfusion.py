@@ -28,6 +28,7 @@ from .fusions import (
     MMFusionModelOutput,
     default_attention_mask,
     image_tokens_from_features,
+    last_token_states,
     pool_image_features,
     pool_text,
 )
@@ -39,6 +40,16 @@ from .memory import (
     remove_memory_files,
 )
 from .torchvision_resnet import load_torchvision_resnet, torchvision_architecture
+from .vision_language import (
+    adapter_state_dict,
+    add_lora,
+    check_adapter_keys,
+    has_lora,
+    language_modules_of,
+    merged_state_dict,
+    vision_language_model_from_config,
+    vision_modules_of,
+)
 
 
 @dataclass
@@ -274,12 +285,22 @@ def _matching_state(source: dict, target: nn.Module) -> dict:
 class MMFusionModel(MMFusionPreTrainedModel):
     """The two towers and the fusion module; returns the fused representation (`pooler_output`)."""
 
-    def __init__(self, config: MMFusionConfig):
+    def __init__(self, config: MMFusionConfig, vision_language_model: nn.Module | None = None):
         super().__init__(config)
         fusion_class = FUSIONS[config.fusion]
+        # A joint fusion's one tower: an image-text-to-text model (`from_vision_language_pretrained` passes a loaded
+        # one in); its loaded weights are marked initialised, so `post_init` leaves them alone.
+        self.vision_language_model = None
+        if fusion_class.joint_encoder:
+            self.vision_language_model = vision_language_model or vision_language_model_from_config(
+                config.vision_language_config
+            )
+        builds_towers = not fusion_class.joint_encoder
         # Unimodal baselines build only the tower they read (no unused weights to save, load or leave gradient-less).
-        self.text_model = _tower_from_config(config.text_config) if fusion_class.needs_text else None
-        self.vision_model = _tower_from_config(config.vision_config) if fusion_class.needs_image else None
+        self.text_model = _tower_from_config(config.text_config) if fusion_class.needs_text and builds_towers else None
+        self.vision_model = (
+            _tower_from_config(config.vision_config) if fusion_class.needs_image and builds_towers else None
+        )
         reads_pooler = fusion_class.uses_text_pooler and config.text_pooling == "pooler"
         if not reads_pooler and getattr(self.text_model, "pooler", None) is not None:
             # e.g. attention fusion reads the token states, not the pooler; an unused module would make DDP complain.
@@ -298,6 +319,8 @@ class MMFusionModel(MMFusionPreTrainedModel):
         )
         self.fusion = fusion_class(config)
         self.post_init()
+        if self.vision_language_model is not None and config.vision_language_weights in ("lora", "adapter"):
+            add_lora(self.vision_language_model, config)  # a checkpoint saved with its LoRA layers unmerged
         for modules, frozen in (
             (self.text_tower_modules(), config.freeze_text_encoder),
             (self.vision_tower_modules(), config.freeze_vision_encoder),
@@ -307,11 +330,17 @@ class MMFusionModel(MMFusionPreTrainedModel):
                     module.requires_grad_(False)
 
     def text_tower_modules(self) -> list[nn.Module]:
-        """The modules of the text tower, its projection included (frozen, cached and pretrained with it)."""
+        """The modules of the text tower, its projection included (frozen, cached and pretrained with it); for a
+        joint model, the vision-language model's language model and output layer."""
+        if self.vision_language_model is not None:
+            return language_modules_of(self.vision_language_model)
         return [module for module in (self.text_model, self.text_projection) if module is not None]
 
     def vision_tower_modules(self) -> list[nn.Module]:
-        """The modules of the vision tower, its projection included (frozen, cached and pretrained with it)."""
+        """The modules of the vision tower, its projection included (frozen, cached and pretrained with it); for a
+        joint model, the vision-language model's vision tower and projector."""
+        if self.vision_language_model is not None:
+            return vision_modules_of(self.vision_language_model)
         return [module for module in (self.vision_model, self.visual_projection) if module is not None]
 
     def tower_parameter_names(self, prefix: str = "") -> set[str]:
@@ -336,11 +365,20 @@ class MMFusionModel(MMFusionPreTrainedModel):
             self.text_model.eval()
         if self.config.freeze_vision_encoder and self.vision_model is not None:
             self.vision_model.eval()
+        if self.vision_language_model is not None:
+            for modules, frozen in (
+                (self.text_tower_modules(), self.config.freeze_text_encoder),
+                (self.vision_tower_modules(), self.config.freeze_vision_encoder),
+            ):
+                for module in modules if frozen else ():
+                    module.eval()
         return self
 
     def get_input_embeddings(self) -> nn.Module:
         """The text tower's word embeddings (what `resize_token_embeddings` resizes after tokens are added); None
-        for the image-only baseline, which has no text tower."""
+        for the image-only baseline, which has no text tower; a joint model's vision-language model's."""
+        if self.vision_language_model is not None:
+            return self.vision_language_model.get_input_embeddings()
         return self.text_model.get_input_embeddings() if self.text_model is not None else None
 
     def set_input_embeddings(self, value: nn.Module) -> None:
@@ -460,6 +498,11 @@ class MMFusionModel(MMFusionPreTrainedModel):
         text_inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds, pooled=True)
         return self._encode_text(text_inputs)[0]
 
+    def _vision_language_input_names(self) -> set[str]:
+        """What the vision-language model takes beside what `forward` names (its processor's extra outputs)."""
+        taken = set(inspect.signature(self.vision_language_model.base_model.forward).parameters)
+        return taken - {"input_ids", "inputs_embeds", "attention_mask", "pixel_values", "kwargs", "return_dict"}
+
     @can_return_tuple
     def forward(
         self,
@@ -511,8 +554,14 @@ class MMFusionModel(MMFusionPreTrainedModel):
                 "image_features must be a tensor: pass `get_image_features(pixel_values).last_hidden_state`, not "
                 f"the {type(image_features).__name__} itself."
             )
+        vision_language_inputs = None
+        if self.vision_language_model is not None:  # Qwen2-VL's image_grid_thw, Idefics3's pixel_attention_mask, ...
+            vision_language_inputs = {
+                name: value for name, value in kwargs.items() if name in self._vision_language_input_names()
+            }
         inputs = FusionInputs(
             self,
+            vision_language_inputs=vision_language_inputs,
             input_ids=input_ids if fusion.needs_text else None,
             attention_mask=attention_mask if fusion.needs_text else None,
             token_type_ids=token_type_ids if fusion.needs_text else None,
@@ -536,10 +585,10 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
     (`num_labels=1`, MSE), chosen like transformers' `*ForSequenceClassification` via `config.problem_type`.
     """
 
-    def __init__(self, config: MMFusionConfig):
+    def __init__(self, config: MMFusionConfig, vision_language_model: nn.Module | None = None):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.mmfusion = MMFusionModel(config)
+        self.mmfusion = MMFusionModel(config, vision_language_model=vision_language_model)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(self.mmfusion.output_size, config.num_labels)
         # The labelled memory (`memory.py`): loaded by `from_pretrained` from the checkpoint's memory files, saved by
@@ -551,7 +600,7 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, plus the checkpoint's labelled memory as `model.memory` (None when it
         has none); a memory another model built (fingerprint mismatch) is refused."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = cls._load_weights(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
         if pretrained_model_name_or_path is not None:
             folder = _memory_folder(pretrained_model_name_or_path, kwargs)
@@ -560,10 +609,11 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
                 model.memory.check_model(model, where=f"The memory in {folder}")
         return loaded
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the labelled memory when the model has one that it built (any
-        other memory files in the folder are removed: their embeddings would not match these weights)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
+    def save_pretrained(self, save_directory, *args, vision_language_weights: str | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained` (a joint model's layout: `_save_weights`), plus the labelled memory when
+        the model has one that it built (any other memory files in the folder are removed: their embeddings would
+        not match these weights)."""
+        self._save_weights(save_directory, *args, vision_language_weights=vision_language_weights, **kwargs)
         if kwargs.get("is_main_process", True) and os.path.isdir(save_directory):
             if self.memory is not None and self.memory.fingerprint == model_fingerprint(self):
                 self.memory.save(save_directory)
@@ -667,9 +717,14 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             text_embeds=text_embeds,
             image_embeds=image_embeds,
             return_dict=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = self.compute_loss(logits, labels) if labels is not None else None
+        if loss is not None and getattr(self.config, "answer_loss_weight", 0) and self.mmfusion.vision_language_model:
+            loss = loss + self.config.answer_loss_weight * self.answer_loss(
+                outputs.last_hidden_state, attention_mask, labels
+            )
         return MMFusionClassifierOutput(
             loss=loss,
             logits=logits,
@@ -678,6 +733,116 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
             fusion_attentions=outputs.fusion_attentions,
             embeddings=outputs.pooler_output if outputs.retrieval_embeds is None else outputs.retrieval_embeds,
         )
+
+    def answer_loss(self, states: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor):
+        """A joint model's own next-token loss on the answer word at the last prompt position (RA-HMD's second loss):
+        the language model's output layer on the last prompt token's state, cross-entropy over the whole vocabulary
+        with each row's class's answer token (`config.answer_token_ids`) as the target."""
+        if labels.dim() != 1:
+            raise ValueError("The answer-token loss needs one class per example (not multi-label targets).")
+        output_layer = self.mmfusion.vision_language_model.get_output_embeddings()
+        last = last_token_states(states, attention_mask)
+        answer_logits = output_layer(last.to(output_layer.weight.dtype)).float()
+        targets = torch.tensor(self.config.answer_token_ids, device=labels.device)[labels]
+        return F.cross_entropy(answer_logits, targets.to(answer_logits.device))
+
+    @classmethod
+    def from_vision_language_pretrained(
+        cls,
+        vision_language_model_name_or_path: str,
+        *,
+        answer_words: list[str] | None = None,
+        model_kwargs: dict | None = None,
+        use_lora: bool = True,
+        **config_kwargs,
+    ) -> MMFusionForClassification:
+        """A joint model (`fusion="joint"`): one pretrained image-text-to-text model (Qwen2-VL, Qwen2.5-VL,
+        SmolVLM/Idefics3, ...: `AutoModelForImageTextToText`) as the only tower, a fresh head, and LoRA layers on its
+        language model (`lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`; `use_lora=False` or
+        `lora_r=0`: none). The vision tower and projector are frozen by default (`freeze_vision_encoder`).
+
+        `answer_words`: each class's answer, whose first token is the answer-token loss's target (default: "No",
+        "Yes" for two classes, else the class names). `model_kwargs` go to the model's `from_pretrained` (`dtype=`,
+        `attn_implementation=`, `quantization_config=` for a 4-bit base, ...); the rest to `MMFusionConfig`
+        (`num_labels`, `id2label`, `prompt_template`, `joint_pooling`, `answer_loss_weight`, ...). Build the matching
+        processor with `MMFusionProcessor.from_vision_language_pretrained(path, config=model.config)`.
+
+        Example:
+        ```python
+        model = MMFusionForClassification.from_vision_language_pretrained(
+            "Qwen/Qwen2-VL-2B-Instruct", num_labels=2, answer_loss_weight=1.0, model_kwargs={"dtype": torch.bfloat16}
+        )
+        ```
+        """
+        from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+        vision_language_model = AutoModelForImageTextToText.from_pretrained(
+            vision_language_model_name_or_path, **(model_kwargs or {})
+        )
+        config_kwargs.setdefault("freeze_vision_encoder", True)
+        answer_loss_weight = config_kwargs.pop("answer_loss_weight", 0.0)  # set once the answer tokens are known
+        config = MMFusionConfig(
+            fusion="joint",
+            vision_language_config=vision_language_model.config,
+            vision_language_model_name_or_path=str(vision_language_model_name_or_path),
+            **config_kwargs,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(vision_language_model_name_or_path)
+        config.answer_token_ids = answer_token_ids(tokenizer, answer_words, config)
+        config.answer_loss_weight = answer_loss_weight
+        config.validate_fusion_settings()
+        attention = vision_language_model.config._attn_implementation
+        model = cls(config, vision_language_model=vision_language_model)
+        # Building the wrapper resets the attention implementation of the configs it holds; without this the loaded
+        # model would run with none chosen (and, in transformers 5, without its attention mask).
+        model.mmfusion.vision_language_model.set_attn_implementation(attention)
+        if use_lora and config.lora_r > 0:
+            add_lora(model.mmfusion.vision_language_model, config)
+            config.vision_language_weights = "lora"
+        return model
+
+    def _save_weights(self, save_directory, *args, vision_language_weights: str | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained` (without the memory); for a joint model with LoRA layers, `vision_language_weights` chooses
+        what the weights file holds (`mmfusion.vision_language`): `"full"` (the LoRA update merged: self-contained,
+        loads with transformers alone), `"adapter"` (the LoRA weights and the head; the base model's id is recorded)
+        or `"lora"` (unmerged, as training checkpoints are; the default). The model itself is not changed."""
+        vision_language_model = self.mmfusion.vision_language_model
+        if vision_language_model is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        live = "lora" if has_lora(vision_language_model) else "full"
+        layout = vision_language_weights or self.config.vision_language_weights
+        if live == "full" and layout != "full":
+            raise ValueError(f"This model has no LoRA layers: it can only be saved whole, not as {layout!r}.")
+        if layout == "adapter" and not self.config.vision_language_model_name_or_path:
+            raise ValueError("An adapter checkpoint needs the base model's id (vision_language_model_name_or_path).")
+        if layout != live:
+            kwargs["state_dict"] = merged_state_dict(self) if layout == "full" else adapter_state_dict(self)
+        # Keys as this model names them. transformers would rename a VLM's keys to its legacy checkpoint layout
+        # (Qwen2-VL: `model.layers.*` for `model.language_model.layers.*`), which only `from_pretrained` renames back:
+        # the Trainer reloads its best checkpoint with a plain, non-strict `load_state_dict`, which would then skip
+        # every language-model weight without a word, and an adapter is checked key by key.
+        kwargs.setdefault("save_original_format", False)
+        kept = self.config.vision_language_weights
+        self.config.vision_language_weights = layout
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.vision_language_weights = kept
+
+    @classmethod
+    def _load_weights(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` (without the memory); an adapter checkpoint (`vision_language_weights="adapter"`) is built on
+        its base model (`vision_language_model_name_or_path`, or `base_model=` here) and its LoRA and head weights
+        are loaded over it, every key checked: an adapter that does not fit the base stops with the keys named."""
+        config = kwargs.get("config")
+        if not isinstance(config, MMFusionConfig):
+            config = MMFusionConfig.from_pretrained(
+                pretrained_model_name_or_path,
+                **{k: kwargs[k] for k in ("revision", "token", "cache_dir", "subfolder") if k in kwargs},
+            )
+        if getattr(config, "vision_language_weights", "full") != "adapter":
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return _load_adapter_checkpoint(cls, pretrained_model_name_or_path, config, **kwargs)
 
     def embed(self, **inputs) -> torch.Tensor:
         """The L2-normalised fused representation of a batch (`embeddings` of `forward`), the vector retrieval
@@ -699,6 +864,42 @@ class MMFusionForClassification(MMFusionPreTrainedModel):
         if self.config.problem_type == "single_label_classification":
             return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def answer_token_ids(tokenizer, answer_words: list[str] | None, config: MMFusionConfig) -> list[int]:
+    """The first token of each class's answer word ("No"/"Yes" for two classes, else the class names), as the model
+    would generate it right after the generation prompt; they must differ."""
+    if answer_words is None:
+        id2label = {int(index): name for index, name in (config.id2label or {}).items()}
+        answer_words = ["No", "Yes"] if config.num_labels == 2 else [id2label[i] for i in range(config.num_labels)]
+    if len(answer_words) != config.num_labels:
+        raise ValueError(f"Got {len(answer_words)} answer words for {config.num_labels} classes: {answer_words}.")
+    ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in answer_words]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"The answer words {answer_words} start with the same token ({ids}); choose other words.")
+    return ids
+
+
+def _load_adapter_checkpoint(cls, path, config: MMFusionConfig, *, base_model=None, **kwargs):
+    """An adapter checkpoint: the base vision-language model, LoRA layers as the config says, then the adapter's
+    LoRA and head weights, which must be exactly the model's LoRA and head weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    base_path = base_model or config.vision_language_model_name_or_path
+    if not base_path:
+        raise ValueError(f"{path} is an adapter checkpoint without its base model's id; pass base_model=.")
+    load_kwargs = {k: kwargs[k] for k in ("dtype", "device_map", "attn_implementation", "revision") if k in kwargs}
+    vision_language_model = AutoModelForImageTextToText.from_pretrained(base_path, **load_kwargs)
+    attention = vision_language_model.config._attn_implementation
+    model = cls(config, vision_language_model=vision_language_model)  # LoRA layers added for "adapter" weights
+    model.mmfusion.vision_language_model.set_attn_implementation(attention)  # see from_vision_language_pretrained
+    weights = cached_file(path, "model.safetensors")
+    state = load_file(weights)
+    expected = set(adapter_state_dict(model))
+    check_adapter_keys(set(state), expected, path)
+    model.load_state_dict(state, strict=False)  # the other keys are the base model's, loaded above
+    return model.eval()
 
 
 MMFusionModel.register_for_auto_class("AutoModel")

@@ -6,9 +6,12 @@ flat siblings (`torchvision_resnet.py`, copied beside it), never the `mmfusion` 
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import logging
 
@@ -118,8 +121,40 @@ def limit_text_length(processor, max_text_length: int | None) -> int:
     return tokenizer.model_max_length
 
 
+# Where a joint model's checkpoint keeps the vision-language model's own processor (its tokenizer, image processor,
+# chat template), beside the mmfusion processor's files.
+VISION_LANGUAGE_PROCESSOR_FOLDER = "vision_language_processor"
+
+
+def limit_image_pixels(image_processor, max_pixels: int | None) -> None:
+    """Make a vision-language image processor pass images of at most `max_pixels` pixels (larger ones are resized
+    down, aspect ratio kept): Qwen2-VL's `max_pixels` (its `size["longest_edge"]` counts pixels); for processors that
+    bound the longest side instead (Idefics3/SmolVLM), the side of a square of that many pixels; processors that
+    resize every image to the model's fixed input size (LLaVA, PaliGemma) are left as they are."""
+    if max_pixels is None:
+        return
+    if max_pixels < 1:
+        raise ValueError(f"vision_language_max_pixels must be at least 1, got {max_pixels}")
+    size = dict(getattr(image_processor, "size", None) or {})
+    if hasattr(image_processor, "merge_size") and "longest_edge" in size:  # Qwen2-VL family: pixels
+        size["longest_edge"] = int(max_pixels)
+        size["shortest_edge"] = min(size.get("shortest_edge") or max_pixels, int(max_pixels))
+        if hasattr(image_processor, "max_pixels"):
+            image_processor.max_pixels = int(max_pixels)
+    elif "longest_edge" in size:  # a bound on the longest side
+        size["longest_edge"] = math.isqrt(int(max_pixels))
+    elif set(size) & {"height", "width", "shortest_edge"}:
+        return  # LLaVA, PaliGemma: every image is resized (and cropped) to the model's own fixed input size
+    else:
+        raise ValueError(
+            f"{type(image_processor).__name__} has no pixel or side limit mmfusion knows how to set "
+            f"(size={size}); set its own size instead of vision_language_max_pixels."
+        )
+    image_processor.size = size
+
+
 class MMFusionProcessor(ProcessorMixin):
-    """Tokenizer + image processor.
+    """Tokenizer + image processor; for a joint model (`fusion="joint"`), the vision-language model's own processor.
 
     `processor(images=..., text=...)` returns `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer
     makes them) and `pixel_values` as PyTorch tensors, ready for `MMFusionForClassification`: captions are padded to
@@ -133,10 +168,141 @@ class MMFusionProcessor(ProcessorMixin):
     text_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt"}
     images_kwargs = {"return_tensors": "pt"}
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        prompt_template: str | None = None,
+        vision_language_max_pixels: int | None = None,
+        **kwargs,
+    ):
         super().__init__(image_processor, tokenizer, **kwargs)
         # What `save_pretrained` writes for remote code; set here too so that a loaded processor equals the saved one.
         self.auto_map = {"AutoProcessor": "processing_mmfusion.MMFusionProcessor"}
+        # A joint model's processor: the prompt (`{caption}` in it) and the vision-language model's own processor,
+        # which builds it through its chat template (`from_vision_language_pretrained`; saved in a subfolder).
+        self.prompt_template = prompt_template
+        self.vision_language_max_pixels = vision_language_max_pixels
+        self.vision_language_processor = None
+
+    @classmethod
+    def from_vision_language_pretrained(
+        cls,
+        vision_language_model_name_or_path: str,
+        *,
+        config=None,
+        prompt_template: str | None = None,
+        max_pixels: int | None = None,
+        **kwargs,
+    ) -> MMFusionProcessor:
+        """The processor of a joint model (`MMFusionForClassification.from_vision_language_pretrained`): the
+        vision-language model's own processor (its tokenizer, image processor and chat template), the prompt
+        template and the image pixel limit, both taken from the model's `config` when given (its `prompt_template`
+        and `vision_language_max_pixels`). `kwargs` go to `AutoProcessor.from_pretrained`."""
+        from .fusions import DEFAULT_PROMPT_TEMPLATE
+
+        if prompt_template is None:
+            prompt_template = getattr(config, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
+        if max_pixels is None and config is not None:
+            max_pixels = getattr(config, "vision_language_max_pixels", None)
+        inner = AutoProcessor.from_pretrained(vision_language_model_name_or_path, **kwargs)
+        return cls.wrapping(inner, prompt_template=prompt_template, max_pixels=max_pixels)
+
+    @classmethod
+    def wrapping(cls, vision_language_processor, *, prompt_template: str, max_pixels: int | None = None):
+        """An mmfusion processor around a vision-language model's own processor (see `from_vision_language_pretrained`)."""
+        if "{caption}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain {{caption}}; got {prompt_template!r}.")
+        if getattr(vision_language_processor, "chat_template", None) is None:
+            raise ValueError(
+                f"{type(vision_language_processor).__name__} has no chat template: the joint prompt is built with "
+                "the model's own chat template (an instruction-tuned checkpoint ships one)."
+            )
+        limit_image_pixels(vision_language_processor.image_processor, max_pixels)
+        processor = cls(
+            vision_language_processor.image_processor,
+            vision_language_processor.tokenizer,
+            prompt_template=prompt_template,
+            vision_language_max_pixels=max_pixels,
+        )
+        processor.vision_language_processor = vision_language_processor
+        return processor
+
+    @property
+    def is_vision_language(self) -> bool:
+        return getattr(self, "vision_language_processor", None) is not None
+
+    def to_dict(self):
+        # The wrapped processor is saved in its own folder; left out here, or `to_dict` would deep-copy its tokenizer.
+        inner = self.__dict__.pop("vision_language_processor", None)
+        try:
+            return super().to_dict()
+        finally:
+            self.vision_language_processor = inner
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.is_vision_language:
+            self.vision_language_processor.save_pretrained(Path(save_directory) / VISION_LANGUAGE_PROCESSOR_FOLDER)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if processor.prompt_template is not None:  # a joint model's: its vision-language processor, in the subfolder
+            inner = AutoProcessor.from_pretrained(
+                pretrained_model_name_or_path, subfolder=VISION_LANGUAGE_PROCESSOR_FOLDER, **kwargs
+            )
+            processor.vision_language_processor = inner
+            processor.image_processor, processor.tokenizer = inner.image_processor, inner.tokenizer
+        return processor
+
+    def joint_prompts(self, texts: list[str]) -> list[str]:
+        """Each caption in the prompt template, as the vision-language model's chat template lays out a user turn
+        with the image first, followed by the generation prompt (the model would answer next). Captions longer than
+        the tokenizer's `model_max_length` tokens are cut there (`limit_text_length`)."""
+        limit = self.tokenizer.model_max_length
+        prompts = []
+        for caption in texts:
+            caption = "" if caption is None else str(caption)
+            ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"]
+            if len(ids) > limit:
+                caption = self.tokenizer.decode(ids[:limit])
+            messages = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image"},
+                        {"type": "text", "text": self.prompt_template.format(caption=caption)},
+                    ],
+                }
+            ]
+            prompts.append(
+                self.vision_language_processor.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            )
+        return prompts
+
+    def joint_inputs(self, images, text, return_tensors="pt", **ignored) -> BatchFeature:
+        """Model inputs of a joint model: one prompt per (image, caption) pair, left-padded (the last position is
+        every row's last prompt token), with whatever the vision-language processor adds (`pixel_values`, Qwen2-VL's
+        `image_grid_thw`, ...). Padding and truncation options meant for captions alone are ignored: the prompt
+        holds the image's tokens, which must never be cut."""
+        if images is None:
+            raise ValueError("A joint vision-language model reads the image and the caption together: pass images.")
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        texts = [text] if text is None or isinstance(text, str) else list(text)
+        if len(texts) != len(images):
+            raise ValueError(f"Got {len(images)} images but {len(texts)} captions; pass one caption per image.")
+        inputs = self.vision_language_processor(
+            images=[[image] for image in images],
+            text=self.joint_prompts(texts),
+            padding=True,
+            padding_side="left",
+            return_tensors=return_tensors,
+        )
+        return BatchFeature(dict(inputs), tensor_type=return_tensors)
 
     @classmethod
     def from_text_vision_pretrained(
@@ -171,6 +337,8 @@ class MMFusionProcessor(ProcessorMixin):
             raise ValueError("MMFusionProcessor needs `images`, `text` or both.")
         if images is not None:
             images = self.prepare_images(images)
+        if self.is_vision_language:
+            return self.joint_inputs(images, text, **kwargs)
         return super().__call__(images=images, text=text, **kwargs)
 
     @staticmethod
@@ -184,6 +352,8 @@ class MMFusionProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self):
+        if self.is_vision_language:
+            return list(self.vision_language_processor.model_input_names)
         return list(dict.fromkeys(self.tokenizer.model_input_names + self.image_processor.model_input_names))
 
 
@@ -192,6 +362,8 @@ MMFusionProcessor.register_for_auto_class("AutoProcessor")
 __all__ = [
     "MMFusionProcessor",
     "default_image_processor",
+    "VISION_LANGUAGE_PROCESSOR_FOLDER",
+    "limit_image_pixels",
     "limit_text_length",
     "rescale_to_uint8",
     "to_rgb",

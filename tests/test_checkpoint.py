@@ -23,7 +23,7 @@ from mmfusion import MMFusionForClassification, MMFusionModel, MMFusionProcessor
 from mmfusion.fusions import fusion_names
 from mmfusion.torchvision_resnet import convert_torchvision_resnet_state_dict
 
-FUSIONS = fusion_names()  # every registered fusion
+FUSIONS = fusion_names(joint_encoder=False)  # every two-tower fusion (joint: tests/test_joint.py)
 
 
 def example_pair():

@@ -187,7 +187,7 @@ def conformance_test_class(fusion: str, module: str = __name__) -> type:
     return type(name, (MMFusionConformanceBase, unittest.TestCase), namespace)
 
 
-for _fusion in FUSIONS:
+for _fusion in (name for name, fusion in FUSIONS.items() if not fusion.joint_encoder):  # joint: test_joint.py
     _test_class = conformance_test_class(_fusion)
     globals()[_test_class.__name__] = _test_class
 

@@ -22,7 +22,9 @@ from mmfusion.training.inputs import tokenize_captions
 from mmfusion.training.setup import build_processor, resolve_image_size
 
 CHECKPOINTS = {"clip": tiny_clip_checkpoint, "siglip": tiny_siglip_checkpoint}
-EMBEDDING_FUSIONS = [name for name, fusion in FUSIONS.items() if not fusion.needs_bert_like_text]
+EMBEDDING_FUSIONS = [
+    name for name, fusion in FUSIONS.items() if not fusion.needs_bert_like_text and not fusion.joint_encoder
+]
 CAPTIONS = ["a cat sits on the mat", "the dog barks", "look at this sunset", "putting bows on your pet"]
 
 

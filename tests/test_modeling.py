@@ -7,7 +7,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from mmfusion import MMFusionForClassification
 from mmfusion.fusions import fusion_names
 
-FUSIONS = fusion_names(needs_text=True, needs_image=True)  # the two-tower fusions
+FUSIONS = fusion_names(needs_text=True, needs_image=True, joint_encoder=False)  # the two-tower fusions
 
 
 def batch(batch_size=4, seq_len=9, num_labels=2, seed=0):

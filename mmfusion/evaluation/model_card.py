@@ -286,12 +286,24 @@ def _sections(config: MMFusionConfig, eval_report: dict, dataset_name: str, base
         if flag
     ]
     fusion_description = FUSIONS[config.fusion].description.format(**config.to_dict())
+    text_tower = _tower_description(config.text_config, "text")
+    vision_tower = (
+        _tower_description(config.vision_config, "vision") + f", {config.image_size}x{config.image_size} px images"
+    )
+    vision_language = getattr(config, "vision_language_config", None)
+    if vision_language is not None:  # a joint model: one vision-language model is both towers
+        source = getattr(config, "vision_language_model_name_or_path", None)
+        text_tower = vision_tower = (
+            f"`{vision_language.model_type}` vision-language model (language model: "
+            f"{_tower_description(vision_language.get_text_config(), 'text')}"
+            + (f", from `{source}`" if source else "")
+            + f"; LoRA r={config.lora_r})"
+        )
     return {
         "fusion": config.fusion,
         "fusion_description": fusion_description,
-        "text_tower": _tower_description(config.text_config, "text"),
-        "vision_tower": _tower_description(config.vision_config, "vision")
-        + f", {config.image_size}x{config.image_size} px images",
+        "text_tower": text_tower,
+        "vision_tower": vision_tower,
         "base_model_names": list(base_models),
         "label_names": label_names,
         "num_labels": len(label_names),

@@ -76,7 +76,10 @@ class TorchBackend:
     def logits(self, inputs: Mapping[str, Any]) -> np.ndarray:
         import torch
 
-        model_inputs = {name: inputs[name].to(self.device) for name in MODEL_INPUT_NAMES if name in inputs}
+        names = MODEL_INPUT_NAMES
+        if getattr(self.model.config, "vision_language_config", None) is not None:
+            names = tuple(inputs)  # a joint model's processor adds the VLM's own inputs (Qwen2-VL's image_grid_thw)
+        model_inputs = {name: inputs[name].to(self.device) for name in names if name in inputs}
         with torch.inference_mode():
             logits = self.model(**model_inputs).logits
         return logits.float().cpu().numpy()

@@ -139,6 +139,37 @@ class ModelArguments:
         },
     )
     knn_k: int = field(default=20, metadata={"help": "Neighbours the kNN score reads (RGCL: 20)."})
+    # fusion="joint": one vision-language model as the only tower (its settings: the joint fusion's, below).
+    vision_language_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "An image-text-to-text model (Qwen/Qwen2-VL-2B-Instruct, HuggingFaceTB/SmolVLM-256M-Instruct, a "
+            "local folder) as the only tower: fusion=joint, with its own processor and chat template. LoRA, prompt, "
+            "pooling and pixel limit: --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules, "
+            "--prompt_template, --joint_pooling, --vision_language_max_pixels, --answer_loss_weight."
+        },
+    )
+    vision_language_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype the vision-language model is loaded in (bfloat16, float16, float32; default float32). "
+            "With LoRA, bfloat16 halves its memory; the head stays float32.",
+            "choices": ["bfloat16", "float16", "float32"],
+        },
+    )
+    vision_language_load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the vision-language model in 4 bits (bitsandbytes, CUDA GPU only)."},
+    )
+    vision_language_save: str = field(
+        default="auto",
+        metadata={
+            "help": "How the trained joint model is saved: full (LoRA merged, self-contained, loads with transformers "
+            "alone), adapter (the LoRA weights and the head, with the base model's id), auto (full up to 1B "
+            "parameters, else adapter).",
+            "choices": ["auto", "full", "adapter"],
+        },
+    )
 
 
 def model_arguments_class() -> type[ModelArguments]:

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from .columns import DATASET_INDEX, IMAGE_EMBEDS, IMAGE_FEATURES, PIXELS, TEXT_EMBEDS, TEXT_INPUTS
+
+
+def collate_labels(rows: list[dict], num_labels: int | None = None) -> dict[str, torch.Tensor]:
+    """`{"labels": ...}`: class ids (long), or multi-hot floats for a multi-label task (`num_labels` classes); `{}`
+    when a row is unlabeled (-1 or None: no loss)."""
+    values = [row["label"] for row in rows]
+    if any(value is None for value in values):
+        return {}
+    if isinstance(values[0], (list, tuple, np.ndarray)):
+        if num_labels is None:
+            raise ValueError("Multi-label rows (a list of classes each) need the collator's `num_labels`.")
+        targets = torch.zeros((len(values), num_labels), dtype=torch.float32)
+        for index, value in enumerate(values):
+            targets[index, list(value)] = 1.0
+        return {"labels": targets}
+    labels = [int(value) for value in values]
+    if min(labels) < 0:  # unlabeled rows (-1) get no loss
+        return {}
+    return {"labels": torch.tensor(labels, dtype=torch.long)}
 
 
 @dataclass(frozen=True)
@@ -92,22 +112,8 @@ class MMFusionCollator:
         return batch
 
     def labels(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """`{"labels": ...}`: class ids (long), or multi-hot floats for a multi-label task; `{}` when a row is
-        unlabeled (-1 or None: no loss)."""
-        values = [row["label"] for row in rows]
-        if any(value is None for value in values):
-            return {}
-        if isinstance(values[0], (list, tuple, np.ndarray)):
-            if self.num_labels is None:
-                raise ValueError("Multi-label rows (a list of classes each) need the collator's `num_labels`.")
-            targets = torch.zeros((len(values), self.num_labels), dtype=torch.float32)
-            for index, value in enumerate(values):
-                targets[index, list(value)] = 1.0
-            return {"labels": targets}
-        labels = [int(value) for value in values]
-        if min(labels) < 0:  # unlabeled rows (-1) get no loss
-            return {}
-        return {"labels": torch.tensor(labels, dtype=torch.long)}
+        """See `collate_labels`."""
+        return collate_labels(rows, self.num_labels)
 
     def pad_text(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The rows' tokens (or, when blanking the text, the empty caption's) padded into a batch."""
@@ -142,3 +148,44 @@ class MMFusionCollator:
         mean = torch.tensor(self.image_mean).view(1, -1, 1, 1)
         std = torch.tensor(self.image_std).view(1, -1, 1, 1)
         return (pixels.float() * self.rescale_factor - mean) / std
+
+
+@dataclass(frozen=True)
+class VisionLanguageCollator:
+    """A joint model's batches: the rows' images and captions through its processor (`MMFusionProcessor` wrapping
+    the vision-language model's own), the call the predictor and the pipeline make, so training sees the prompts
+    they build. Nothing is cached: the image tokens and pixel patches depend on each image's size.
+
+    `blank_image` / `blank_text`: the modality ablation (every image replaced by `blank_image_input`, a PIL image of
+    the ImageNet mean colour; every caption by the empty one)."""
+
+    processor: Any
+    num_labels: int | None = None
+    blank_image: bool = False
+    blank_text: bool = False
+    blank_image_input: Any = None
+
+    def ablated(self, blank_image: bool, blank_text: bool, blank_image_input=None, blank_text_input=None):
+        if blank_image and blank_image_input is None and self.blank_image_input is None:
+            raise ValueError("Blanking images needs the blank image (`blank_image_input`).")
+        return replace(
+            self,
+            blank_image=blank_image,
+            blank_text=blank_text,
+            blank_image_input=blank_image_input if blank_image_input is not None else self.blank_image_input,
+        )
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        images = [self.blank_image_input if self.blank_image else row["image"] for row in rows]
+        texts = ["" if self.blank_text or row["text"] is None else row["text"] for row in rows]
+        batch = dict(self.processor(images=images, text=texts, return_tensors="pt"))
+        if "label" in rows[0]:
+            batch.update(collate_labels(rows, self.num_labels))
+        return batch
+
+
+def collator_for(processor, *, num_labels: int | None = None, **kwargs):
+    """The training collator for `processor`: a joint model's (`VisionLanguageCollator`) or `MMFusionCollator`."""
+    if getattr(processor, "is_vision_language", False):
+        return VisionLanguageCollator(processor, num_labels=num_labels)
+    return MMFusionCollator.for_processor(processor, num_labels=num_labels, **kwargs)

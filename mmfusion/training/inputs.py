@@ -378,6 +378,10 @@ def prepare_model_inputs(
     `use_text_embeddings` (default: a frozen text tower and a fusion that reads embeddings) adds the text tower's
     embeddings (`encode_texts`); the collator then passes `text_embeds` instead of the tokens.
     """
+    if FUSIONS[model.config.fusion].joint_encoder:
+        # A joint model's processor runs per batch (`VisionLanguageCollator`): its image tokens and pixel patches
+        # depend on each image's size, and the whole model reads them, so there is no frozen tower output to keep.
+        return dataset
     reads_embeddings = FUSIONS[model.config.fusion].reads_embeddings
     if use_image_features is None:
         use_image_features = model.config.freeze_vision_encoder

@@ -116,6 +116,8 @@ def resolve_image_size(model_args: ModelArguments) -> int:
         return MMFusionConfig.from_pretrained(model_args.model_name_or_path).image_size
     if model_args.image_size:
         return model_args.image_size
+    if getattr(model_args, "vision_language_model_name_or_path", None):
+        return 224  # only the blank image of the modality ablation has this size: the VLM's processor sizes images
     vision = model_args.vision_model_name_or_path
     if vision is None:
         return 64
@@ -152,6 +154,12 @@ def build_processor(
     """
     if model_args.model_name_or_path:
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    elif getattr(model_args, "vision_language_model_name_or_path", None):  # fusion="joint": the VLM's own processor
+        processor = MMFusionProcessor.from_vision_language_pretrained(
+            model_args.vision_language_model_name_or_path,
+            prompt_template=getattr(model_args, "prompt_template", None),
+            max_pixels=getattr(model_args, "vision_language_max_pixels", None),
+        )
     elif model_args.text_model_name_or_path:
         processor = MMFusionProcessor.from_text_vision_pretrained(
             model_args.text_model_name_or_path, model_args.vision_model_name_or_path, image_size=image_size
@@ -228,6 +236,8 @@ def build_model(
         settings["projection_dim"] = None
     if model_args.text_pooling is not None:  # else: the tower's own (sentence-transformers) or the config default
         settings["text_pooling"] = model_args.text_pooling
+    if getattr(model_args, "vision_language_model_name_or_path", None):
+        return build_joint_model(model_args, settings)
     if bool(model_args.text_model_name_or_path) != bool(model_args.vision_model_name_or_path):
         raise ValueError("Give both --text_model_name_or_path and --vision_model_name_or_path, or neither.")
     if model_args.text_model_name_or_path:
@@ -247,11 +257,43 @@ def build_model(
     return MMFusionForClassification(config)
 
 
+def build_joint_model(model_args: ModelArguments, settings: dict) -> MMFusionForClassification:
+    """fusion="joint": `MMFusionForClassification.from_vision_language_pretrained` with the joint fusion's settings
+    (LoRA, prompt, pooling, head, answer-token loss), the dtype and, for QLoRA, a 4-bit base."""
+    import torch
+
+    if model_args.text_model_name_or_path or model_args.vision_model_name_or_path:
+        raise ValueError(
+            "--vision_language_model_name_or_path is the only tower of a joint model: leave out "
+            "--text_model_name_or_path and --vision_model_name_or_path."
+        )
+    if model_args.fusion not in ("early", "joint"):  # "early" is the flag's default: not a choice the user made
+        raise ValueError(f"--vision_language_model_name_or_path builds fusion=joint, not {model_args.fusion!r}.")
+    settings = {k: v for k, v in settings.items() if k not in ("fusion", "num_image_tokens", "image_gate")}
+    if settings.get("problem_type") == MULTI_LABEL and settings.get("answer_loss_weight"):
+        raise ValueError("--answer_loss_weight needs one class per example; this task is multi-label.")
+    model_kwargs = {"attn_implementation": model_args.attn_implementation}
+    if model_args.vision_language_dtype:
+        model_kwargs["dtype"] = getattr(torch, model_args.vision_language_dtype)
+    if model_args.vision_language_load_in_4bit:
+        if not torch.cuda.is_available():
+            raise ValueError("--vision_language_load_in_4bit (QLoRA) needs a CUDA GPU (bitsandbytes).")
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    return MMFusionForClassification.from_vision_language_pretrained(
+        model_args.vision_language_model_name_or_path, model_kwargs=model_kwargs, **settings
+    )
+
+
 __all__ = [
     "SPLIT_ROLES",
     "TEST_SPLITS",
     "VALIDATION_SPLITS",
     "build_image_processor",
+    "build_joint_model",
     "build_model",
     "build_processor",
     "check_train_split",

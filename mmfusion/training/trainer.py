@@ -13,7 +13,7 @@ from ..decisions import is_multi_label
 from ..evaluation.ablation import ABLATIONS, blank_image
 from ..evaluation.predictions import Predictions, config_probabilities
 from ..files import atomic_write_text
-from .collator import MMFusionCollator
+from .collator import MMFusionCollator, VisionLanguageCollator
 from .inputs import IMAGE_EMBEDS, IMAGE_FEATURES, TEXT_EMBEDS, resized_uint8_pixels
 
 
@@ -105,6 +105,13 @@ class MMFusionTrainer(Trainer):
     def ablation_probabilities(self, dataset, processor) -> dict[str, np.ndarray]:
         """The same model scored with the image blanked, the caption emptied, and both (see mmfusion.evaluation.ablation)."""
         collator: MMFusionCollator = self.data_collator
+        if isinstance(collator, VisionLanguageCollator):  # raw images and captions, blanked before the processor
+            size = self.model.config.image_size
+            return {
+                name: self.predict_probabilities(dataset, collator.ablated(blank, empty, blank_image((size, size))))
+                for name, (blank, empty) in ABLATIONS.items()
+                if blank or empty
+            }
         columns = dataset.column_names
         blank_input = blank_image_input(
             self.model, processor, uses_features=IMAGE_FEATURES in columns, uses_embeddings=IMAGE_EMBEDS in columns
