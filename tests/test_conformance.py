@@ -122,6 +122,7 @@ class MMFusionModelTester:
             text_config=self.text_config.to_dict(),
             vision_config=self.vision_config.to_dict(),
             num_image_tokens=self.num_image_tokens,
+            fusion_map_dim=32,  # align's default (RGCL's 1024) would pass the common tests' 1M-parameter cap
         )
 
     def prepare_config_and_inputs_for_common(self):

@@ -225,6 +225,21 @@ def test_train_py_objective_rgcl_on_a_tiny_clip_saves_a_checkpoint_a_hub_user_re
     got = logits_seen_by_a_hub_user(repo_root, tmp_path, [str(output)])
     assert_close(torch.tensor(got[str(output)]), expected)
 
+    # The checkpoint carries its labelled memory (the training split, embedded by the trained model), so the
+    # pipeline (the checkpoint's own code) shows the training examples a verdict rests on, nearest first.
+    from transformers import pipeline
+
+    classify = pipeline("image-text-classification", model=str(output), trust_remote_code=True)
+    answer = classify({"image": image, "text": text}, neighbors=3)
+    neighbours = answer["neighbors"]
+    assert len(neighbours) == 3 and len(model.memory) == 48
+    similarities = [neighbour["similarity"] for neighbour in neighbours]
+    assert similarities == sorted(similarities, reverse=True)
+    with torch.no_grad():
+        query = model.embed(**processor(images=image, text=text))
+    best = torch.from_numpy(np.asarray(model.memory.embeddings)) @ query[0]
+    assert similarities[0] == pytest.approx(best.max().item(), abs=1e-5)
+
 
 def test_the_rgcl_recipe_builds_rgcls_head_on_the_pooler_outputs(repo_root, tmp_path):
     """configs/hateful_memes_clip_rgcl.yaml as written, with a tiny CLIP in place of ViT-L/14-336: no projections

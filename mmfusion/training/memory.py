@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from ..decisions import is_multi_label
 from ..evaluation.metrics import best_model_metric, classification_metrics, multi_label_metrics
 from ..evaluation.predictions import config_probabilities, multi_hot
+from ..fusions import FUSIONS
 from ..memory import LabelledMemory, model_fingerprint
 
 MIX_WEIGHTS = (0.25, 0.5, 0.75)
@@ -110,7 +111,13 @@ def run_memory_step(trainer, raw, prepared, splits, model_args) -> dict:
     if getattr(model, "memory", None) is not None and model.memory.fingerprint != model_fingerprint(model):
         logger.warning("The labelled memory loaded with the model no longer matches its trained weights: dropped.")
         model.memory = None
-    if model_args.build_memory and trainer.args.do_train:
+    build = model_args.build_memory and trainer.args.do_train
+    if build and FUSIONS[model.config.fusion].joint_encoder:
+        # A joint model is saved with its LoRA update merged (or as an adapter): the weights a memory's fingerprint
+        # is taken from change on save, so a memory built now would be refused when the checkpoint is loaded.
+        logger.info("No labelled memory for a joint model yet (its saved weights differ from the trained ones).")
+        build = False
+    if build:
         model.config.knn_k = model_args.knn_k
         train = splits["train"]
         model.memory = build_training_memory(model, raw[train], prepared[train], collator, batch_size)
