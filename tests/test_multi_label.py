@@ -325,7 +325,10 @@ def test_per_label_thresholds_decide_alike_in_torch_remote_code_pipeline_and_onn
     assert [sorted(labels) for labels in hub["remote"]] == expected
     assert [sorted(labels) for labels in hub["pipeline"]] == expected
     for piped, record in zip(hub["scores"], records):
-        assert piped == pytest.approx(record["probabilities"], abs=1e-6)
+        # kNN scores are rank-weighted: two memory rows whose similarities to a query differ by float noise (the
+        # pipeline and the predictor batch the rows differently) swap ranks and move a score by about 1 / sum(w).
+        tolerance = 1e-6 if config.get("prediction_mode", "head") == "head" else 2 / sum(range(1, config["knn_k"] + 1))
+        assert piped == pytest.approx(record["probabilities"], abs=tolerance)
     assert sorted(hub["everything"]) == sorted(MAMI_LABELS)
 
     exported = tmp / "onnx"

@@ -15,7 +15,7 @@ from mmfusion.fusions import fusion_names
 from mmfusion.inference import INT8_ONNX_FILENAME, ONNX_FILENAME, MMFusionPredictor, OnnxBackend, export_onnx
 from mmfusion.inference.export import main as export_main
 
-FUSIONS = fusion_names(reads_embeddings=False)  # the embedding fusions: test_fusions_export.py
+FUSIONS = fusion_names(reads_embeddings=False, joint_encoder=False)  # embedding fusions: test_fusions_export.py
 BATCH_SIZES = [1, 3, 8]
 CAPTIONS = {
     "short": ["hi"],
