@@ -1,6 +1,17 @@
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# pytest-xdist runs one worker per core (`-n auto`), and each worker, and each train.py it starts, would otherwise use
+# every core: on 2 cores, two trainings with 2 threads each took 4x the time of two with 1 thread each (OpenMP
+# threads spin while they wait for a core). Each worker gets its share of the cores, and passes it on through
+# OMP_NUM_THREADS to the processes it starts; a value the user set is kept.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +48,6 @@ def trained_demo_checkpoint(tmp_path_factory) -> TrainedDemoCheckpoint:
       hundred steps and the classifier learns the XOR from the labels. The heads are thrown away.
     - Stops once validation accuracy reaches 98 % (checked every 100 steps), at most 1500 steps.
     """
-    import torch
     import torch.nn.functional as F
     from tiny_models import tiny_config
 
