@@ -10,6 +10,9 @@ width 256, a resnet18-shaped vision tower at 224 px), saves it, exports it with 
 
 Accuracy: label agreement with ORT fp32 and AUROC of each int8 model on the demo test split (400 rows).
 
+`--int8-targets vnni avx2` exports static int8 once per kind of CPU (`mmfusion-export --int8-target`: 8-bit weights
+for VNNI, 7-bit for x86 without it) and times each graph on this machine, side by side.
+
 End-to-end = decode the encoded image (PNG bytes) + preprocess (resize, normalise, tokenize) + model, through
 `MMFusionPredictor`, exactly what `mmfusion-predict` does. Model-only = the engine on already-processed inputs.
 Engines take turns in short blocks of calls (see `interleaved`), so that a noisy neighbour on a shared machine slows
@@ -17,6 +20,7 @@ all of them alike; medians and percentiles over all timed calls are reported.
 
     python benchmarks/bench_inference.py                       # defaults: the realistic size
     python benchmarks/bench_inference.py --text-layers 2 --text-hidden 128 --vision small --image-size 128
+    python benchmarks/bench_inference.py --threads 1 --int8-targets vnni avx2
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from mmfusion.configuration_mmfusion import vision_grid_size
 from mmfusion.inference import INT8_ONNX_FILENAME, ONNX_FILENAME, MMFusionPredictor, export_onnx
 from mmfusion.inference.backends import default_session_options
 from mmfusion.inference.export import compare_int8_with_fp32
-from mmfusion.inference.quantization import DEFAULT_OP_TYPES, quantize_int8
+from mmfusion.inference.quantization import DEFAULT_OP_TYPES, INT8_TARGETS, int8_target, int8_tuning, quantize_int8
 from mmfusion.training.precision import describe_cpu
 from mmfusion.training.presets import resnet18_config, small_text_config, small_vision_config
 from mmfusion.training.tokenization import train_wordpiece_tokenizer
@@ -76,6 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="operator types to quantize ('all' = every supported type, convolutions included)",
     )
     parser.add_argument("--calibration-size", type=int, default=300, help="demo train rows for static int8")
+    parser.add_argument(
+        "--int8-targets",
+        nargs="+",
+        choices=tuple(INT8_TARGETS),
+        help="kinds of CPU to export static int8 for, each timed here (default: this machine's kind)",
+    )
     parser.add_argument("--workdir", help="keep the checkpoint and exports here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results as JSON to this file")
     parser.add_argument("--seed", type=int, default=0)
@@ -122,14 +132,15 @@ def make_inputs(args: argparse.Namespace, count: int) -> tuple[list[bytes], list
     return images, captions
 
 
-def int8_accuracy(export_dir: Path) -> dict:
-    """Each int8 model against ORT fp32 on the demo test split: label agreement, AUROC of both, and the change."""
+def int8_accuracy(graphs: dict[str, tuple[Path, str]]) -> dict:
+    """Each int8 model (name -> export folder, file) against ORT fp32 on the demo test split: label agreement, AUROC
+    of both, and the change."""
     from mmfusion.data import load_image_text_dataset
 
     test_split = load_image_text_dataset("demo")["test"]
     results = {}
-    for name, onnx_file in (("static", INT8_ONNX_FILENAME), ("dynamic", DYNAMIC_INT8_FILENAME)):
-        evaluation = compare_int8_with_fp32(export_dir, "test", test_split, source="demo", int8_file=onnx_file)
+    for name, (folder, onnx_file) in graphs.items():
+        evaluation = compare_int8_with_fp32(folder, "test", test_split, source="demo", int8_file=onnx_file)
         results[name] = {
             "label_agreement": evaluation["label_agreement"],
             "auroc_fp32": evaluation["fp32"]["auroc"],
@@ -174,15 +185,36 @@ def main(argv=None) -> dict:
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mmfusion-bench-"))
     checkpoint = build_checkpoint(args, workdir / "checkpoint")
-    export_dir = workdir / "onnx"
-    started = time.perf_counter()
-    info = export_onnx(
-        checkpoint, export_dir, quantize="int8-static", calibration="demo", calibration_size=args.calibration_size
-    )
-    export_seconds = time.perf_counter() - started
+    targets = args.int8_targets or [int8_target()]
+    export_dirs = {target: workdir / f"onnx-{target}" for target in targets}
+    export_seconds = {}
+    for target, folder in export_dirs.items():
+        started = time.perf_counter()
+        info = export_onnx(
+            checkpoint,
+            folder,
+            quantize="int8-static",
+            calibration="demo",
+            calibration_size=args.calibration_size,
+            int8_target=target,
+        )
+        export_seconds[target] = time.perf_counter() - started
+    export_dir = export_dirs[targets[0]]  # fp32 and dynamic int8 (made for the first target) come from here
     int8_ops = None if args.int8_ops == "all" else args.int8_ops.split(",")
-    quantize_int8(export_dir / ONNX_FILENAME, export_dir / DYNAMIC_INT8_FILENAME, op_types=int8_ops)
-    accuracy = int8_accuracy(export_dir)
+    quantize_int8(
+        export_dir / ONNX_FILENAME,
+        export_dir / DYNAMIC_INT8_FILENAME,
+        op_types=int8_ops,
+        reduce_range=int8_tuning(targets[0])["reduce_range"],
+    )
+    static_names = {target: "ORT int8 static" + (f" {target}" if len(targets) > 1 else "") for target in targets}
+    accuracy = int8_accuracy(
+        {
+            **{static_names[target].removeprefix("ORT int8 "): (export_dirs[target], INT8_ONNX_FILENAME)
+               for target in targets},
+            "dynamic": (export_dir, DYNAMIC_INT8_FILENAME),
+        }
+    )  # fmt: skip
 
     session_options = default_session_options(args.threads)  # what the predictor uses, with the same thread count
     predictors = {
@@ -190,13 +222,16 @@ def main(argv=None) -> dict:
         "ORT fp32": MMFusionPredictor.from_pretrained(
             export_dir, backend="onnx", batch_size=args.batch_size, session_options=session_options
         ),
-        "ORT int8 static": MMFusionPredictor.from_pretrained(
-            export_dir,
-            backend="onnx",
-            onnx_file=INT8_ONNX_FILENAME,
-            batch_size=args.batch_size,
-            session_options=session_options,
-        ),
+        **{
+            static_names[target]: MMFusionPredictor.from_pretrained(
+                folder,
+                backend="onnx",
+                onnx_file=INT8_ONNX_FILENAME,
+                batch_size=args.batch_size,
+                session_options=session_options,
+            )
+            for target, folder in export_dirs.items()
+        },
         "ORT int8 dyn": MMFusionPredictor.from_pretrained(
             export_dir,
             backend="onnx",
@@ -247,6 +282,8 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "threads": args.threads,
         "int8_ops": args.int8_ops,
+        "int8_targets": targets,
+        "this_cpus_int8_target": int8_target(),
         "cpu": describe_cpu(),  # model, threads and the flags int8/bf16 speed depend on (VNNI, AVX-512, AMX)
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -271,10 +308,11 @@ def print_table(results: dict) -> None:
         f"\n{setup['fusion']} fusion, {setup['text']}, {setup['vision']}, {setup['caption_tokens']} caption tokens; "
         f"{setup['threads']} threads; torch {setup['torch']}, onnxruntime {setup['onnxruntime']}; {setup['date']}"
     )
+    print(f"CPU: {setup['cpu']}; int8 target of this CPU: {setup['this_cpus_int8_target']}")
     print("model files: " + ", ".join(f"{name} {size:.1f} MB" for name, size in setup["model_mb"].items()))
     baseline = results["engines"]["torch fp32"]
     header = (
-        f"{'engine':<16} {'mode':<11} {'p50 ms (b=1)':>13} {'p95 ms (b=1)':>13} {'p50 speed-up':>13} "
+        f"{'engine':<21} {'mode':<11} {'p50 ms (b=1)':>13} {'p95 ms (b=1)':>13} {'p50 speed-up':>13} "
         f"{'pairs/s (b=' + str(setup['batch_size']) + ')':>15} {'throughput speed-up':>20}"
     )
     print(header)
@@ -285,13 +323,13 @@ def print_table(results: dict) -> None:
             latency_ratio = reference["latency_p50_ms"] / row["latency_p50_ms"]
             throughput_ratio = row["throughput_per_s"] / reference["throughput_per_s"]
             print(
-                f"{name:<16} {mode:<11} {row['latency_p50_ms']:>13.1f} {row['latency_p95_ms']:>13.1f} "
+                f"{name:<21} {mode:<11} {row['latency_p50_ms']:>13.1f} {row['latency_p95_ms']:>13.1f} "
                 f"{latency_ratio:>12.2f}x {row['throughput_per_s']:>15.1f} {throughput_ratio:>19.2f}x"
             )
     print(f"int8 vs ORT fp32 on the demo test split (calibration: {setup['calibration']}):")
     for name, row in results["accuracy"].items():
         print(
-            f"  {name:<8} label agreement {row['label_agreement']:.2%}, AUROC {row['auroc_int8']:.4f} "
+            f"  {name:<12} label agreement {row['label_agreement']:.2%}, AUROC {row['auroc_int8']:.4f} "
             f"(fp32 {row['auroc_fp32']:.4f}, change {row['auroc_change']:+.4f}), "
             f"max |probability difference| {row['max_abs_probability_difference']:.3f}"
         )

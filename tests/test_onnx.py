@@ -116,6 +116,95 @@ def test_int8_agrees_with_fp32_on_the_demo_test_split(trained_demo_checkpoint, t
     assert (trained_export / INT8_ONNX_FILENAME).stat().st_size < (trained_export / ONNX_FILENAME).stat().st_size
 
 
+def int8_weight_range(graph_path) -> tuple[int, int]:
+    """The smallest and largest stored int8 weight of a quantized graph."""
+    weights = [
+        onnx.numpy_helper.to_array(tensor)
+        for tensor in onnx.load(str(graph_path)).graph.initializer
+        if tensor.data_type == onnx.TensorProto.INT8 and tensor.dims
+    ]
+    assert weights, f"no int8 weights in {graph_path}"
+    return int(min(w.min() for w in weights)), int(max(w.max() for w in weights))
+
+
+@pytest.fixture(scope="module")
+def exports_by_int8_target(trained_demo_checkpoint, tmp_path_factory):
+    """The trained demo model exported (dynamic int8) for a CPU with VNNI and for one without."""
+    exports = {}
+    for target in ("vnni", "avx2"):
+        exports[target] = tmp_path_factory.mktemp(f"int8-{target}")
+        command = [str(trained_demo_checkpoint.path), str(exports[target]), "--quantize", "int8"]
+        assert export_main([*command, "--int8-target", target]) == 0
+    return exports
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "expected"),
+    [
+        ({"avx2", "fma", "avx512f", "avx512_vnni"}, "x86_64", "vnni"),
+        ({"avx2", "fma", "avx_vnni"}, "x86_64", "vnni"),  # Alder Lake and later: VNNI without AVX-512
+        ({"avx2", "fma", "avx512f", "amx_int8"}, "x86_64", "vnni"),
+        ({"avx2", "fma"}, "x86_64", "avx2"),  # AMD Zen 3, Intel before Cascade Lake
+        ({"avx2", "fma", "avx512f", "avx512bw"}, "x86_64", "avx2"),  # Skylake-SP: AVX-512 without VNNI
+        ({"asimd", "asimddp"}, "aarch64", "arm"),
+    ],
+)
+def test_the_int8_target_follows_the_cpus_instructions(monkeypatch, flags, machine, expected):
+    from mmfusion.inference import quantization
+    from mmfusion.training import precision
+
+    assert quantization.int8_target(frozenset(flags), machine) == expected
+    # what "auto" reads: this machine's /proc/cpuinfo flags and architecture, mocked at that boundary
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(quantization.platform, "machine", lambda: machine)
+    tuning = quantization.int8_tuning("auto")
+    assert tuning["target"] == expected and tuning["reduce_range"] == (expected == "avx2")
+    assert set(tuning["exported_on"]["cpu_flags"]) <= flags
+    with pytest.raises(ValueError, match="int8 target must be 'auto' or one of"):
+        quantization.int8_tuning("avx3")
+
+
+def test_int8_exports_keep_7_bit_weights_for_cpus_without_vnni_and_record_their_target(
+    exports_by_int8_target, trained_export
+):
+    """Without VNNI, ONNX Runtime's int8 kernels sum pairs of uint8 x int8 products in 16 bits: weights for such CPUs
+    are 7-bit (reduce_range), which cannot saturate it; weights for VNNI CPUs use all 8 bits."""
+    low, high = int8_weight_range(exports_by_int8_target["avx2"] / INT8_ONNX_FILENAME)
+    assert -64 <= low and high <= 64, (low, high)
+    low, high = int8_weight_range(exports_by_int8_target["vnni"] / INT8_ONNX_FILENAME)
+    assert low < -64 or high > 64, (low, high)
+    for target, folder in exports_by_int8_target.items():
+        tuned = json.loads((folder / "onnx_export.json").read_text())["quantization"]["tuned_for"]
+        assert tuned["target"] == target and tuned["reduce_range"] == (target == "avx2")
+    # the default export is made for this machine, and says which CPU that was
+    from mmfusion.inference.quantization import int8_target
+    from mmfusion.training.precision import RELEVANT_CPU_FLAGS, cpu_flags
+
+    tuned = json.loads((trained_export / "onnx_export.json").read_text())["quantization"]["tuned_for"]
+    assert tuned["target"] == int8_target()
+    assert tuned["exported_on"]["cpu_flags"] == [flag for flag in RELEVANT_CPU_FLAGS if flag in cpu_flags()]
+
+
+def test_loading_int8_made_for_vnni_on_a_cpu_without_it_says_so(exports_by_int8_target, monkeypatch, caplog):
+    from mmfusion.inference import quantization
+    from mmfusion.training import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(quantization.platform, "machine", lambda: "x86_64")
+    folder = exports_by_int8_target["vnni"]
+    with caplog.at_level("WARNING", logger=quantization.__name__):
+        MMFusionPredictor.from_pretrained(folder, backend="onnx", onnx_file=INT8_ONNX_FILENAME)
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "quantized for a CPU with VNNI" in warning and "avx512_vnni" not in warning.split("this CPU has none")[1]
+    assert "--int8-target avx2" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=quantization.__name__):
+        # the fp32 graph, and the graph made for this kind of CPU, load without a word
+        MMFusionPredictor.from_pretrained(folder, backend="onnx")
+        MMFusionPredictor.from_pretrained(exports_by_int8_target["avx2"], backend="onnx", onnx_file=INT8_ONNX_FILENAME)
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
+
+
 def test_explaining_with_onnx_stops_and_names_the_pytorch_checkpoint(trained_demo_checkpoint, trained_export):
     """ONNX graphs carry no gradients, so explanations (Integrated Gradients, Grad-CAM) are PyTorch-only: asking an
     ONNX predictor for one stops with what to load instead (mmfusion-predict --explain: tests/test_explanations.py)."""
@@ -154,6 +243,9 @@ def test_static_int8_export_from_the_command_line(trained_demo_checkpoint, tmp_p
     assert info["files"] == {"fp32": ONNX_FILENAME, "int8": INT8_ONNX_FILENAME}
     assert info["quantization"]["method"] == "static"
     assert info["quantization"]["calibration"] == {"source": "demo", "split": "train", "rows": 64}
+    tuned_for = info["quantization"]["tuned_for"]  # this machine's kind of CPU; 7-bit weights where it has no VNNI
+    low, high = int8_weight_range(exported / INT8_ONNX_FILENAME)
+    assert tuned_for["reduce_range"] == (max(-low, high) <= 64) == (tuned_for["target"] == "avx2"), (tuned_for, low)
     evaluation = info["int8_evaluation"]
     assert evaluation["split"] == "validation" and evaluation["rows"] == 400
     assert evaluation["fp32"]["accuracy"] >= 0.9  # a model that learned the task, so agreement means something

@@ -15,6 +15,7 @@ import numpy as np
 
 ONNX_FILENAME = "model.onnx"
 INT8_ONNX_FILENAME = "model_int8.onnx"
+EXPORT_INFO_FILENAME = "onnx_export.json"  # what was exported, how, for which CPU (`ExportInfo`)
 BACKENDS = ("torch", "onnx")
 # The exported graph's second output: the classifier's input (what the labelled memory's rows were embedded as).
 EMBEDDINGS_OUTPUT = "embeddings"

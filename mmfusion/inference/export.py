@@ -40,12 +40,25 @@ from transformers import HfArgumentParser
 from ..data.options import LoaderArguments
 from ..evaluation.ablation import blank_image
 from ..evaluation.predictions import has_label
-from .backends import EMBEDDINGS_OUTPUT, INT8_ONNX_FILENAME, MODEL_INPUT_NAMES, ONNX_FILENAME, OnnxBackend
-from .quantization import CALIBRATION_METHODS, DEFAULT_OP_TYPES, quantize_int8, quantize_int8_static
+from .backends import (
+    EMBEDDINGS_OUTPUT,
+    EXPORT_INFO_FILENAME,
+    INT8_ONNX_FILENAME,
+    MODEL_INPUT_NAMES,
+    ONNX_FILENAME,
+    OnnxBackend,
+)
+from .quantization import (
+    CALIBRATION_METHODS,
+    DEFAULT_OP_TYPES,
+    INT8_TARGETS,
+    int8_tuning,
+    quantize_int8,
+    quantize_int8_static,
+)
 
 logger = logging.getLogger(__name__)
 
-EXPORT_INFO_FILENAME = "onnx_export.json"
 # "int8": dynamic (MatMul weights, no calibration); "int8-static": calibrated QDQ, convolutions included.
 QUANTIZATION_CHOICES = ("int8", "int8-static")
 DEFAULT_CALIBRATION_SIZE = 300
@@ -131,6 +144,7 @@ def export_onnx(
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     calibration_split: str | None = None,
     calibrate_method: str = "minmax",
+    int8_target: str = "auto",
     evaluation_size: int = DEFAULT_EVALUATION_SIZE,
     opset_version: int | None = None,
     atol: float = 1e-4,
@@ -157,6 +171,11 @@ def export_onnx(
             Default: `"train"` when present, else the first split.
         calibrate_method (`str`, *optional*, defaults to `"minmax"`):
             See `quantize_int8_static`.
+        int8_target (`str`, *optional*, defaults to `"auto"`):
+            The kind of CPU `model_int8.onnx` is made for (`mmfusion.inference.quantization.INT8_TARGETS`): `"vnni"`
+            (8-bit weights), `"avx2"` (x86 without VNNI: 7-bit weights, which its int8 kernels cannot saturate) or
+            `"arm"`; `"auto"`, this machine's. Recorded in `onnx_export.json`; loading the graph on another kind of
+            CPU says so.
         evaluation_size (`int`, *optional*, defaults to 1000):
             At most this many held-out rows for the int8/fp32 comparison: the first labeled split other than the
             calibration split (validation, dev, test, ...), else the calibration split's rows not used to calibrate.
@@ -182,6 +201,7 @@ def export_onnx(
         raise ValueError(f"calibration_size must be at least 1, got {calibration_size}")
     if calibrate_method not in CALIBRATION_METHODS:
         raise ValueError(f"calibrate_method must be one of {CALIBRATION_METHODS}, got {calibrate_method!r}")
+    tuning = int8_tuning(int8_target)  # refuses an unknown target before the slow export
     splits = None
     if calibration is not None:  # loaded (and checked) before the slow export, so bad data fails fast
         splits = calibration_and_held_out(
@@ -222,12 +242,14 @@ def export_onnx(
     quantization = evaluation = None
     int8_path = output_dir / INT8_ONNX_FILENAME
     if quantize == "int8":
-        files["int8"] = quantize_int8(onnx_path, int8_path).name
+        files["int8"] = quantize_int8(onnx_path, int8_path, reduce_range=tuning["reduce_range"]).name
         quantization = {"method": "dynamic", "weight_type": "int8", "op_types": list(DEFAULT_OP_TYPES)}
     elif quantize == "int8-static":
         source, calibration_rows = splits["calibration"]
         batches = calibration_batches(processor, calibration_rows, list(trace_inputs))
-        files["int8"] = quantize_int8_static(onnx_path, int8_path, batches, calibrate_method=calibrate_method).name
+        files["int8"] = quantize_int8_static(
+            onnx_path, int8_path, batches, calibrate_method=calibrate_method, reduce_range=tuning["reduce_range"]
+        ).name
         quantization = {
             "method": "static",
             "format": "QDQ",
@@ -239,6 +261,8 @@ def export_onnx(
             "calibrate_method": calibrate_method,
             "calibration": {"source": str(calibration), "split": source, "rows": len(calibration_rows)},
         }
+    if quantization is not None:
+        quantization["tuned_for"] = tuning
     if quantize is not None and splits is not None:
         evaluation = compare_int8_with_fp32(output_dir, *splits["held_out"], source=str(calibration))
         logger.info(
@@ -438,6 +462,13 @@ def build_parser() -> HfArgumentParser:
     parser.add_argument("--calibration-split", help="split to calibrate on (default: train, else the first split)")
     parser.add_argument("--calibrate-method", choices=CALIBRATION_METHODS, default="minmax", help="default: minmax")
     parser.add_argument(
+        "--int8-target",
+        choices=("auto", *INT8_TARGETS),
+        default="auto",
+        help="the kind of CPU model_int8.onnx is made for: vnni (8-bit weights), avx2 (x86 without VNNI: 7-bit "
+        "weights, which its int8 kernels cannot saturate), arm; default: auto, this machine's",
+    )
+    parser.add_argument(
         "--evaluation-size",
         type=int,
         default=DEFAULT_EVALUATION_SIZE,
@@ -464,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration_size=args.calibration_size,
             calibration_split=args.calibration_split,
             calibrate_method=args.calibrate_method,
+            int8_target=args.int8_target,
             evaluation_size=args.evaluation_size,
             opset_version=args.opset,
             **LoaderArguments.from_namespace(args).as_loader_kwargs(),

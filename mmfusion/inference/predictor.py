@@ -20,6 +20,7 @@ from ..evaluation.predictions import Predictions, config_probabilities, predicti
 from ..parallel import image_thread_pool, usable_cpu_count
 from .backends import (
     BACKENDS,
+    EXPORT_INFO_FILENAME,
     ONNX_FILENAME,
     InferenceBackend,
     OnnxBackend,
@@ -27,6 +28,7 @@ from .backends import (
     resolve_model_folder,
 )
 from .images import ImageInput, load_image
+from .quantization import warn_if_int8_made_for_another_cpu
 from .sharding import (
     batch_aligned_shares,
     gather_in_order,
@@ -180,6 +182,7 @@ class MMFusionPredictor:
             )
             config, source = AutoConfig.from_pretrained(folder, trust_remote_code=True), folder
             memory = export_memory(folder)
+            warn_if_int8_made_for_another_cpu(folder / EXPORT_INFO_FILENAME, onnx_file)
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
         return cls(
             engine,
@@ -508,7 +511,7 @@ def export_memory(folder):
     memory = LabelledMemory.load(folder)
     if memory is None:
         return None
-    info_path = Path(folder) / "onnx_export.json"
+    info_path = Path(folder) / EXPORT_INFO_FILENAME
     recorded = (
         json.loads(info_path.read_text(encoding="utf-8")).get("model_fingerprint") if info_path.is_file() else None
     )

@@ -10,7 +10,7 @@ loads the graph); the text tower's matrix multiplications are then quantized dyn
 - uint8 activations x int8 weights (U8S8) is the layout VNNI multiplies natively (`vpdpbusd`): an int8 GEMM runs at
   about 12x ONNX Runtime's fp32 GEMM on this machine. int8 x int8 activations fall off the fast path (8 GMAC/s
   against 317), so activations are uint8. `reduce_range` (7-bit weights) is only needed on CPUs without VNNI, where
-  U8S8 products can saturate; it is off.
+  U8S8 products can saturate: the export picks it per CPU (`int8_target`) and records which CPU it was made for.
 - Quantizing every operator of the vision tower, not only `Conv`: with the residual `Add`s, `MaxPool`, ... left in
   fp32, each one costs a DequantizeLinear/QuantizeLinear pair around it (20 % of the run time); quantized, the tower
   stays in int8 from the first convolution to the last.
@@ -31,13 +31,19 @@ in the same run; leaving them fp32 gives 25.3 (fp32: 22.3). See `benchmarks/RESU
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from ..training import precision
+
+logger = logging.getLogger(__name__)
 
 # Operators whose weights are quantized by default (see the module docstring for why Conv is not among them).
 DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Attention")
@@ -50,6 +56,79 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # dynamically afterwards (`DEFAULT_OP_TYPES`).
 TEXT_SIDE_OP_TYPES = ("Conv", "Relu", "MaxPool")
 
+# Which CPU an int8 graph is made for. ONNX Runtime's x86 int8 kernels multiply uint8 activations by int8 weights. With
+# VNNI (AVX512-VNNI, AVX-VNNI) or AMX-INT8 each product is summed in 32 bits (`vpdpbusd`); without it, AVX2's and
+# AVX-512BW's `vpmaddubsw` adds pairs of products into 16 bits, which saturates when both weights of a pair are
+# large, so ONNX Runtime's documentation asks for 7-bit weights (`reduce_range`) there. Arm's dot-product
+# instructions sum in 32 bits, as VNNI does.
+INT8_TARGETS = {
+    "vnni": "x86 with VNNI or AMX-INT8: 8-bit weights",
+    "avx2": "x86 without VNNI (AVX2/AVX-512BW's vpmaddubsw sums pairs of products in 16 bits): 7-bit weights, which "
+    "cannot saturate it",
+    "arm": "Arm (dot-product instructions, 32-bit sums): 8-bit weights",
+}
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_target(flags: frozenset[str] | None = None, machine: str | None = None) -> str:
+    """The `INT8_TARGETS` entry for a CPU: by default this one (its /proc/cpuinfo flags and `platform.machine()`)."""
+    flags = precision.cpu_flags() if flags is None else flags
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine in ("aarch64", "arm64"):
+        return "arm"
+    return "vnni" if flags & set(VNNI_FLAGS) else "avx2"
+
+
+def int8_tuning(target: str = "auto") -> dict:
+    """What an int8 export is made for, as `onnx_export.json` records it (`quantization["tuned_for"]`): the target,
+    whether weights are 7-bit (`reduce_range`), and the flags of the CPU that exported it."""
+    if target == "auto":
+        target = int8_target()
+    if target not in INT8_TARGETS:
+        raise ValueError(f"int8 target must be 'auto' or one of {tuple(INT8_TARGETS)}, got {target!r}")
+    return {
+        "target": target,
+        "reduce_range": target == "avx2",
+        "why": INT8_TARGETS[target],
+        "exported_on": {
+            "machine": platform.machine(),
+            "cpu_flags": [flag for flag in precision.RELEVANT_CPU_FLAGS if flag in precision.cpu_flags()],
+        },
+    }
+
+
+def warn_if_int8_made_for_another_cpu(export_info_path: str | os.PathLike, onnx_file: str) -> None:
+    """Say so when `onnx_file` is an int8 graph made for a CPU unlike this one (read from `onnx_export.json`): 8-bit
+    weights on a CPU without VNNI can saturate its int8 kernels and lose accuracy; 7-bit weights on a CPU with VNNI
+    are correct but coarser than they need be."""
+    path = Path(export_info_path)
+    if not path.is_file():
+        return
+    info = json.loads(path.read_text(encoding="utf-8"))
+    tuned = (info.get("quantization") or {}).get("tuned_for")
+    if tuned is None or (info.get("files") or {}).get("int8") != onnx_file:
+        return
+    here = int8_target()
+    if tuned["target"] == here:
+        return
+    exported_on = " ".join(tuned["exported_on"]["cpu_flags"]) or "none of the AVX2+ flags"
+    this_cpu = " ".join(flag for flag in precision.RELEVANT_CPU_FLAGS if flag in precision.cpu_flags())
+    advice = (
+        f"export it again on this machine, or for this kind of CPU with `mmfusion-export ... --int8-target {here}`"
+    )
+    if not tuned["reduce_range"] and here == "avx2":
+        logger.warning(
+            "%s was quantized for a CPU with VNNI (%s: %s), and this CPU has none (%s): its int8 kernels sum pairs "
+            "of products in 16 bits, which 8-bit weights can saturate, losing accuracy; %s.",
+            onnx_file, tuned["target"], exported_on, this_cpu or "none of the AVX2+ flags", advice,
+        )  # fmt: skip
+    else:
+        logger.info(
+            "%s was quantized for another kind of CPU (%s: %s; this one: %s): it runs correctly here; for the best "
+            "accuracy, %s.",
+            onnx_file, tuned["target"], exported_on, here, advice,
+        )  # fmt: skip
+
 
 def quantize_int8(
     model_path: str | os.PathLike,
@@ -57,6 +136,7 @@ def quantize_int8(
     *,
     op_types: Sequence[str] | None = DEFAULT_OP_TYPES,
     per_channel: bool = False,
+    reduce_range: bool = False,
 ) -> Path:
     """Write a dynamically int8-quantized copy of an ONNX model.
 
@@ -69,6 +149,8 @@ def quantize_int8(
             Operator types to quantize; `None` quantizes every type ONNX Runtime supports, convolutions included.
         per_channel (`bool`, *optional*, defaults to `False`):
             One scale per output channel instead of one per tensor.
+        reduce_range (`bool`, *optional*, defaults to `False`):
+            7-bit weights, for CPUs without VNNI (see `INT8_TARGETS`; `int8_tuning` decides it per CPU).
 
     Returns:
         `Path`: `output_path`.
@@ -83,6 +165,7 @@ def quantize_int8(
             output_path,
             op_types_to_quantize=list(op_types) if op_types is not None else None,
             per_channel=per_channel,
+            reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
         )
     return output_path
@@ -116,6 +199,7 @@ def quantize_int8_static(
     per_channel: bool = True,
     calibrate_method: str = "minmax",
     image_input: str = "pixel_values",
+    reduce_range: bool = False,
 ) -> Path:
     """Write a statically int8-quantized (QDQ) copy of an ONNX model, calibrated on `calibration_batches`.
 
@@ -147,6 +231,8 @@ def quantize_int8_static(
             memory-hungry for large calibration sets).
         image_input (`str`, *optional*, defaults to `"pixel_values"`):
             The graph input holding the images.
+        reduce_range (`bool`, *optional*, defaults to `False`):
+            7-bit weights, for CPUs without VNNI (see `INT8_TARGETS`; `int8_tuning` decides it per CPU).
 
     Returns:
         `Path`: `output_path`.
@@ -200,13 +286,13 @@ def quantize_int8_static(
             op_types_to_quantize=list(op_types) if op_types is not None else None,
             nodes_to_quantize=nodes_to_quantize,
             per_channel=per_channel,
-            reduce_range=False,
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
         )
     if op_types is None:
-        quantize_int8(output_path, output_path)
+        quantize_int8(output_path, output_path, reduce_range=reduce_range)
     return output_path
 
 
