@@ -128,6 +128,7 @@ def test_sigkill_under_two_processes_then_resume_matches_an_uninterrupted_run(
     deadline = time.time() + 240
     while launcher.poll() is None and time.time() < deadline and not checkpoint_complete(checkpoint):
         time.sleep(0.02)
+    assert launcher.poll() is None, f"the run ended (exit code {launcher.returncode}) before it could be killed"
     # like a lost machine: the launcher and both training processes (torch's launcher starts each in its own
     # session, so killing the launcher's process group would leave them running)
     processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
