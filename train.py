@@ -253,6 +253,11 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         )
         if fusion.joint_encoder and data_args.report_explained_errors > 0:
             logger.info("The report's explained errors are not available for a joint vision-language model yet.")
+        elif trainer.is_fsdp_enabled and data_args.report_explained_errors > 0:
+            # The explanations run the model here on the main process alone; a sharded model's forward needs every
+            # process (it waits for them until the process group times out). One process on the saved checkpoint
+            # (`--model_name_or_path OUTPUT --do_train false`) writes the report with them.
+            logger.info("The report's explained errors are not computed under FSDP; evaluate the saved checkpoint.")
         elif data_args.report_explained_errors > 0:  # the report's error panel: why the most confident errors
             from mmfusion.inference.explain import explain_report_errors
 

@@ -349,4 +349,25 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
             "processes would train independently into one --output_dir. Check the launcher's config and the "
             "--use_cpu / --ddp_backend flags."
         )
+    check_fsdp_device(training_args)
     return model_args, data_args, training_args
+
+
+def check_fsdp_device(training_args) -> None:
+    """Refuse FSDP on the CPU, which accelerate would silently replace with DDP.
+
+    torch's `fully_shard` itself runs on CPU tensors over gloo, but accelerate turns FSDP on only for accelerator
+    process groups (`AcceleratorState`: MULTI_GPU, MULTI_XPU, ...). CPU processes join as MULTI_CPU, the FSDP plugin
+    of the launcher's config (or of `--fsdp`) is dropped without a word, and the Trainer wraps the model in DDP:
+    every process holds the whole model, which is what FSDP was chosen to avoid.
+    """
+    requested = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if requested and (training_args.use_cpu or not torch.cuda.is_available()):
+        import accelerate
+
+        raise RuntimeError(
+            f"FSDP was requested (an FSDP accelerate config or --fsdp), but this run trains on the CPU: accelerate "
+            f"{accelerate.__version__} enables FSDP only on GPUs (and other accelerators); on the CPU it would "
+            "silently train with DDP instead, every process holding the whole model. On CPUs use "
+            "configs/accelerate/cpu_ddp.yaml; FSDP (configs/accelerate/fsdp.yaml) needs CUDA GPUs."
+        )

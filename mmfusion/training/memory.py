@@ -117,6 +117,17 @@ def run_memory_step(trainer, raw, prepared, splits, model_args) -> dict:
         # is taken from change on save, so a memory built now would be refused when the checkpoint is loaded.
         logger.info("No labelled memory for a joint model yet (its saved weights differ from the trained ones).")
         build = False
+    if build and trainer.is_fsdp_enabled:
+        # FSDP2 leaves the trained weights sharded (DTensors): the memory's fingerprint cannot sample them (".numpy()
+        # is not supported for tensor subclasses", checked with torch's fully_shard on CPU). The saved checkpoint
+        # holds the gathered weights; the memory is built from it in one process.
+        logger.info(
+            "No labelled memory from an FSDP run (its weights are sharded); build it from the saved checkpoint: "
+            "mmfusion-memory add %s --input DATA --split %s",
+            trainer.args.output_dir,
+            splits["train"],
+        )
+        build = False
     if build:
         model.config.knn_k = model_args.knn_k
         train = splits["train"]
