@@ -2,7 +2,7 @@
 of the rows only, and every process ends up with the one-process cache, row for row and value for value.
 
 Run as a script, this file is what each launched process runs: `compute` on a meme folder twice (the second time
-from the cache), results pickled per rank.
+from the cache), then on the cache a single process filled; results pickled per rank.
 """
 
 import os
@@ -71,7 +71,7 @@ def assert_same_columns(got: dict, expected: dict, where: str):
             assert np.array_equal(np.asarray(a), np.asarray(b)), f"{where}: column {column!r} differs at row {row}"
 
 
-def launch(repo_root: Path, data_dir: Path, cache: Path, out: Path):
+def launch(repo_root: Path, data_dir: Path, cache: Path, single_cache: Path, out: Path):
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -79,10 +79,10 @@ def launch(repo_root: Path, data_dir: Path, cache: Path, out: Path):
         "PYTHONPATH": os.pathsep.join([str(repo_root), str(repo_root / "tests")]),
     }
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-               __file__, str(data_dir), str(cache), str(out)]  # fmt: skip
+               __file__, str(data_dir), str(cache), str(single_cache), str(out)]  # fmt: skip
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
-    # per rank: [first pass, second pass]
+    # per rank: [first pass, second pass, pass on the one-process cache]
     return [pickle.loads((out / f"rank{rank}.pkl").read_bytes()) for rank in (0, 1)]
 
 
@@ -104,7 +104,9 @@ def test_two_processes_each_encode_their_share_and_read_the_one_process_cache(re
         single = compute(data_dir, tmp_path / "single")
     finally:
         torch.set_num_threads(threads)
-    first, second = zip(*launch(repo_root, data_dir, tmp_path / "two", tmp_path / "out"))
+    first, second, on_single = zip(
+        *launch(repo_root, data_dir, tmp_path / "two", tmp_path / "single", tmp_path / "out")
+    )
 
     for rank, result in enumerate(first):
         for name, config in single.items():
@@ -128,8 +130,9 @@ def test_two_processes_each_encode_their_share_and_read_the_one_process_cache(re
     assert single["embeddings"]["rows"]["text"] == total
     assert [result["embeddings"]["rows"]["text"] for result in first] == [128 + 40, 22]
 
-    # The second pass (new towers, same weights) finds every share in the cache: no tower runs but for the blank images.
-    for result in second:
+    # The second pass (new towers, same weights) finds every share in the cache, and a pass over the one-process
+    # cache takes it as it is: no tower runs but for the blank images.
+    for result in (*second, *on_single):
         assert {name: config["rows"] for name, config in result.items()} == {
             "features": {"vision": blanks, "text": 0},
             "embeddings": {"vision": blanks, "text": 0},
@@ -137,14 +140,16 @@ def test_two_processes_each_encode_their_share_and_read_the_one_process_cache(re
         }
         for split, expected in single["embeddings"]["splits"].items():
             assert_same_columns(result["embeddings"]["splits"][split]["columns"], expected["columns"], split)
+    for result in on_single:  # the one-process file itself, not shares
+        assert result["features"]["splits"]["train"]["num_files"] == 1
 
 
 if __name__ == "__main__":
     from mmfusion.inference.sharding import launcher_state
 
-    data_dir, cache, out = map(Path, sys.argv[1:4])
+    data_dir, cache, single_cache, out = map(Path, sys.argv[1:5])
     state = launcher_state()
-    passes = [compute(data_dir, cache, state) for _ in range(2)]
+    passes = [compute(data_dir, directory, state) for directory in (cache, cache, single_cache)]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{state.process_index}.pkl").write_bytes(pickle.dumps(passes))
     state.destroy_process_group()  # before teardown, where gloo's threads can abort a finished run
