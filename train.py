@@ -29,6 +29,7 @@ from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
 from mmfusion.evaluation.model_card import write_model_card
 from mmfusion.evaluation.report import format_metrics_table, write_eval_report
 from mmfusion.fusions import FUSIONS
+from mmfusion.inference.sharding import launcher_state
 from mmfusion.training.arguments import parse_arguments
 from mmfusion.training.baselines import baseline_arguments, read_baseline_reports
 from mmfusion.training.card import MODEL_CARD_TEMPLATE, card_arguments
@@ -113,17 +114,19 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     )
 
     # 4. Model inputs, computed once into the datasets cache (tokens, resized pixels or frozen-tower features).
-    with training_args.main_process_first(desc="preparing model inputs"):
-        prepared = prepare_model_inputs(
-            raw,
-            processor,
-            model,
-            max_length=data_args.max_text_length,
-            use_image_features=use_features,
-            use_text_embeddings=None if data_args.cache_text_embeddings else False,
-            device=training_args.device,
-            autocast_dtype=training_autocast_dtype(training_args),
-        )
+    #    Under a launcher every process computes one share of the rows on its own device and reads the others'
+    #    (so not main-process-first: the main process would wait at the shares' barrier for the others forever).
+    prepared = prepare_model_inputs(
+        raw,
+        processor,
+        model,
+        max_length=data_args.max_text_length,
+        use_image_features=use_features,
+        use_text_embeddings=None if data_args.cache_text_embeddings else False,
+        device=training_args.device,
+        autocast_dtype=training_autocast_dtype(training_args),
+        state=launcher_state(),
+    )
 
     # 5. The Trainer: model selection on the validation split's headline metric (AUROC, macro-F1, or for a
     #    multi-label task macro AUROC: threshold-free, the per-label thresholds are chosen after training).

@@ -21,11 +21,21 @@ def launched_processes() -> int:
 def launcher_state():
     """accelerate's `PartialState` (joins the launcher's process group: NCCL on GPUs, gloo on CPUs) when launched as
     several processes; None when run as one, so a plain run never touches `torch.distributed`."""
-    if launched_processes() <= 1:
+    launched = launched_processes()
+    if launched <= 1:
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # Without CUDA, accelerate joins torchrun's processes over gloo only when told to use the CPU (`accelerate launch`
+    # tells it; torchrun does not): each would otherwise run alone (train.py's `launcher_defaults` does the same).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != launched:
+        raise RuntimeError(
+            f"Launched as {launched} processes, but this one joined a group of {state.num_processes}: each would "
+            "do all the work alone. Check the launcher's configuration."
+        )
+    return state
 
 
 def batch_aligned_shares(num_rows: int, batch_size: int, num_processes: int) -> list[range]:

@@ -73,16 +73,78 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return _settings_fingerprint(definition)
 
 
-def _map_cached(dataset: Dataset, function, *, fingerprint: str, cache_dir: Path | None, **map_kwargs) -> Dataset:
-    """`Dataset.map` that always caches on disk: next to the dataset's own cache files, or in `cache_dir`."""
-    cache_file_name = None
-    if not dataset.cache_files:
-        directory = Path(cache_dir or default_cache_dir())
-        directory.mkdir(parents=True, exist_ok=True)
-        cache_file_name = str(directory / f"{fingerprint}.arrow")
+def _map_cached(
+    dataset: Dataset, function, *, fingerprint: str, cache_dir: Path | None, state=None, **map_kwargs
+) -> Dataset:
+    """`Dataset.map` that always caches on disk: next to the dataset's own cache files, or in `cache_dir`.
+
+    With `state` (accelerate's `PartialState` of a launch with several processes, `launcher_state()`), each process
+    maps one share of the rows (`_map_sharded`); every process must then make the same call."""
+    if state is not None and state.num_processes > 1 and len(dataset):
+        return _map_sharded(dataset, function, fingerprint=fingerprint, cache_dir=cache_dir, state=state, **map_kwargs)
     return dataset.map(
-        function, new_fingerprint=fingerprint, cache_file_name=cache_file_name, load_from_cache_file=True, **map_kwargs
+        function,
+        new_fingerprint=fingerprint,
+        cache_file_name=_cache_file_name(dataset, fingerprint, cache_dir),
+        load_from_cache_file=True,
+        **map_kwargs,
     )
+
+
+def _cache_file_name(dataset: Dataset, fingerprint: str, cache_dir: Path | None) -> str | None:
+    """None (`datasets` puts it next to the dataset's cache files), or `cache_dir/<fingerprint>.arrow` for a dataset
+    without cache files (built in memory)."""
+    if dataset.cache_files:
+        return None
+    directory = Path(cache_dir or default_cache_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    return str(directory / f"{fingerprint}.arrow")
+
+
+def _map_sharded(dataset: Dataset, function, *, fingerprint: str, cache_dir: Path | None, state, **map_kwargs):
+    """`_map_cached` spread over the processes of a launch: process r maps the r-th contiguous share of the rows into
+    its own cache file, then, after a barrier, every process reads all shares (cache hits) and concatenates them in
+    process order. Shares are whole batches (`batch_aligned_shares`), so every batch is the batch one process would
+    have run (same rows, same padding) and the result is the one-process result row for row, value for value. It
+    carries the one-process fingerprint, so the maps after it are keyed as in a one-process run.
+
+    Each share is cached under its own fingerprint (the whole map's and its rows), next to the dataset's cache files
+    or in `cache_dir`: processes on several machines need that folder on a shared disk to read each other's shares
+    (a share a process does not find, it computes itself)."""
+    from accelerate.utils import gather_object
+
+    from ..inference.sharding import batch_aligned_shares
+
+    # One decision for all: a one-process run's cache is used as it is; and processes that would cache different
+    # things (other data or tower weights per process, e.g. initialised without a common seed) stop here.
+    whole = _cache_file_name(dataset, fingerprint, cache_dir) or dataset._get_cache_file_path(fingerprint)
+    seen = gather_object([(fingerprint, os.path.exists(whole))])
+    if len({seen_fingerprint for seen_fingerprint, _ in seen}) > 1:
+        raise RuntimeError(
+            f"The {state.num_processes} processes disagree on what to cache ({map_kwargs.get('desc', 'map')}): "
+            "their datasets or frozen tower weights differ. Load the same data and seed every process alike."
+        )
+    if all(found for _, found in seen):
+        return _map_cached(dataset, function, fingerprint=fingerprint, cache_dir=cache_dir, **map_kwargs)
+
+    batch_size = map_kwargs.get("batch_size", 1000) if map_kwargs.get("batched") else 1
+    shares = batch_aligned_shares(len(dataset), batch_size, state.num_processes)
+
+    def share(rows: range) -> Dataset:
+        return _map_cached(
+            dataset.select(rows),
+            function,
+            fingerprint=Hasher.hash([fingerprint, "rows", rows.start, rows.stop]),
+            cache_dir=cache_dir,
+            **map_kwargs,
+        )
+
+    if len(shares[state.process_index]):
+        share(shares[state.process_index])
+    state.wait_for_everyone()
+    merged = datasets.concatenate_datasets([share(rows) for rows in shares if len(rows)])
+    merged._fingerprint = fingerprint  # what the one-process map's result carries (datasets has no public setter)
+    return merged
 
 
 def tokenize_captions(
@@ -92,6 +154,7 @@ def tokenize_captions(
     *,
     cache_dir: Path | None = None,
     num_proc: int | None = None,
+    state=None,
 ) -> Dataset:
     """Add `input_ids`, `attention_mask` (and `token_type_ids`) without padding, plus their `length`.
 
@@ -122,6 +185,7 @@ def tokenize_captions(
         cache_dir=cache_dir,
         batched=True,
         num_proc=num_proc,
+        state=state,
         desc="Tokenizing captions",
     )
 
@@ -138,6 +202,7 @@ def _map_images(
     batch_size: int,
     cache_dir: Path | None,
     desc: str,
+    state=None,
 ) -> Dataset:
     """Replace `image` by `column`: `per_batch(stack of per_image(image) for the batch)`, cached under `fingerprint`.
 
@@ -170,6 +235,7 @@ def _map_images(
             remove_columns=["image"],
             features=features,
             desc=desc,
+            state=state,
         )
 
 
@@ -193,6 +259,7 @@ def encode_images(
     autocast_dtype: torch.dtype | None = None,
     tower_fingerprint: str | None = None,
     cache_dir: Path | None = None,
+    state=None,
 ) -> Dataset:
     """Replace `image` by the frozen vision tower's feature maps (`image_features`, float32 (C, H, W)), or for a
     fusion that reads embeddings, by its image embeddings (`image_embeds`, float32 (D,), `model.image_embeddings`).
@@ -247,6 +314,7 @@ def encode_images(
             batch_size=batch_size,
             cache_dir=cache_dir,
             desc=f"Encoding images with the frozen vision tower (once{', embeddings' if embeddings else ''})",
+            state=state,
         )
     finally:
         tower.to(home, memory_format=torch.contiguous_format).train(was_training)
@@ -283,6 +351,7 @@ def encode_texts(
     autocast_dtype: torch.dtype | None = None,
     tower_fingerprint: str | None = None,
     cache_dir: Path | None = None,
+    state=None,
 ) -> Dataset:
     """Add the frozen text tower's embedding of every tokenized caption (`text_embeds`, float32 (D,),
     `model.text_embeddings`), for a fusion that reads embeddings. Tokens stay (for `length` and the ablation).
@@ -325,6 +394,7 @@ def encode_texts(
             cache_dir=cache_dir,
             batched=True,
             batch_size=batch_size,
+            state=state,
             desc="Encoding captions with the frozen text tower (once)",
         )
     finally:
@@ -337,7 +407,7 @@ def resized_uint8_pixels(image_processor, image) -> np.ndarray:
     return to_uint8(resized["pixel_values"][0])
 
 
-def resize_images(dataset: Dataset, image_processor, *, cache_dir: Path | None = None) -> Dataset:
+def resize_images(dataset: Dataset, image_processor, *, cache_dir: Path | None = None, state=None) -> Dataset:
     """Replace `image` by its resized uint8 pixels (`pixels`, (3, H, W)); normalisation is left to the collator."""
 
     size = image_processor.size
@@ -354,6 +424,7 @@ def resize_images(dataset: Dataset, image_processor, *, cache_dir: Path | None =
         batch_size=64,
         cache_dir=cache_dir,
         desc="Decoding and resizing images (once)",
+        state=state,
     )
 
 
@@ -369,6 +440,7 @@ def prepare_model_inputs(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     cache_dir: Path | None = None,
+    state=None,
 ) -> Dataset | DatasetDict:
     """Tokenize captions and cache image features (frozen vision tower) or resized pixels, for one split or all.
 
@@ -377,6 +449,10 @@ def prepare_model_inputs(
     training runs in, `autocast_dtype` (`training_autocast_dtype(training_args)`); see `encode_images`.
     `use_text_embeddings` (default: a frozen text tower and a fusion that reads embeddings) adds the text tower's
     embeddings (`encode_texts`); the collator then passes `text_embeds` instead of the tokens.
+
+    Under a launcher with several processes, pass `state=launcher_state()` (`mmfusion.inference.sharding`) from
+    every process: each computes one share of every map on its own device (`device`, default `state.device`) and
+    all read the merged result, which equals the one-process result row for row (see `_map_sharded`).
     """
     if FUSIONS[model.config.fusion].joint_encoder:
         # A joint model's processor runs per batch (`VisionLanguageCollator`): its image tokens and pixel patches
@@ -398,6 +474,8 @@ def prepare_model_inputs(
     needs_image = FUSIONS[model.config.fusion].needs_image
     use_image_features = use_image_features and needs_image
     use_text_embeddings = use_text_embeddings and FUSIONS[model.config.fusion].needs_text
+    if device is None and state is not None and state.num_processes > 1:
+        device = state.device  # each process's tower on its own accelerator (its GPU under a GPU launch)
     splits = dataset if isinstance(dataset, DatasetDict) else {None: dataset}
     # hashed once for all splits: it reads every weight of the tower
     towers = model.base_model
@@ -410,7 +488,7 @@ def prepare_model_inputs(
 
     prepared = {}
     for name, split in splits.items():
-        split = tokenize_captions(split, processor, max_length, cache_dir=cache_dir)
+        split = tokenize_captions(split, processor, max_length, cache_dir=cache_dir, state=state)
         if use_text_embeddings:
             split = encode_texts(
                 split,
@@ -420,6 +498,7 @@ def prepare_model_inputs(
                 autocast_dtype=autocast_dtype,
                 tower_fingerprint=text_fingerprint,
                 cache_dir=cache_dir,
+                state=state,
             )
         if use_image_features:
             split = encode_images(
@@ -431,9 +510,10 @@ def prepare_model_inputs(
                 autocast_dtype=autocast_dtype,
                 tower_fingerprint=tower_fingerprint,
                 cache_dir=cache_dir,
+                state=state,
             )
         elif needs_image:
-            split = resize_images(split, processor.image_processor, cache_dir=cache_dir)
+            split = resize_images(split, processor.image_processor, cache_dir=cache_dir, state=state)
         else:  # no vision tower: drop the images, or every row read would decode one for nothing
             split = split.remove_columns("image")
         # dtype=None keeps the stored dtypes (uint8 pixels stay uint8); the numpy formatter's default widens every
