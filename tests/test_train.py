@@ -259,13 +259,13 @@ def test_two_run_sweep_with_the_real_train_script(repo_root, tiny_memes_folder, 
     assert (tmp_path / "sweep" / "sweep_results.md").exists()
 
 
-@pytest.mark.parametrize(
-    ("fusion", "solves_it"), [("cross", True), ("align", True), ("concat", False), ("late", False)]
-)
+# concat stands for the additive fusions: late fusion (the average of a text head's and an image head's logits) is a
+# sum of a text score and an image score too, and stays near chance the same way (not run, to keep CI short).
+@pytest.mark.parametrize(("fusion", "solves_it"), [("cross", True), ("align", True), ("concat", False)])
 def test_interaction_fusions_learn_the_xor_task_that_concat_cannot(repo_root, tmp_path, fusion, solves_it):
     """The demo's label is image cue XOR caption cue: Hate-CLIPper's cross and align fusions (a product of the two
     embeddings) represent it and reach >= 90 % test accuracy with the demo's small random towers; concat (a sum of a
-    text score and an image score), like late fusion, stays near chance. Light dropout: Hate-CLIPper's 0.4 is for 8,500 real memes."""
+    text score and an image score) stays near chance. Light dropout: Hate-CLIPper's 0.4 is for 8,500 real memes."""
     output = tmp_path / fusion
     result = run_train(
         repo_root,
