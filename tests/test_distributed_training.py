@@ -79,17 +79,32 @@ def assert_reloads_to_the_reported_metrics(repo_root, output, dataset, tiny_trai
 
 @pytest.fixture(scope="module")
 def reference_run(repo_root, tiny_memes_folder, tiny_train_args, tmp_path_factory):
-    """2 processes x 16 examples, no accumulation, uninterrupted; checkpoints every 2 steps."""
+    """2 processes x 16 examples, no accumulation, uninterrupted; checkpoints every 2 steps. Launched as the README
+    writes it (its log is kept beside the output folder, see the test of that below)."""
     output = tmp_path_factory.mktemp("reference") / "run"
     result = launch(repo_root, "cpu_ddp.yaml", 29551, ["--dataset", tiny_memes_folder, "--output_dir", output,
                                                        *tiny_train_args, *RUN])  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
+    (output.parent / "launch.log").write_text(result.stdout + result.stderr)
     for rank in (0, 1):
         assert f"[rank {rank}/2] trained 8 steps on 32 examples" in result.stdout + result.stderr
     # training moved the weights, so equal final weights below are not equal starting points
     with pytest.raises(AssertionError):
         assert_same_weights(output, output / "checkpoint-2")
     return output
+
+
+def test_accelerate_launch_with_the_cpu_ddp_config_as_the_readme_writes_it(reference_run):
+    """The reference run is the README's command, `accelerate launch --config_file configs/accelerate/cpu_ddp.yaml
+    train.py ...`, without --use_cpu / --ddp_backend: on a machine without CUDA train.py must join the two processes
+    itself, not run two independent trainings into one folder."""
+    log = (reference_run.parent / "launch.log").read_text()
+    for rank in (0, 1):
+        assert f"[rank {rank}/2] trained 8 steps on 32 examples" in log
+    assert "[rank 0/1]" not in log
+    # one run over both ranks, one set of results
+    assert json.loads((reference_run / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
+    assert json.loads((reference_run / "all_results.json").read_text())["test_accuracy"] >= 0
 
 
 def test_gradient_accumulation_under_two_processes_matches_the_doubled_batch(

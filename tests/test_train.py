@@ -145,33 +145,6 @@ def test_two_process_cpu_ddp_with_torchrun(repo_root, tiny_memes_folder, tiny_tr
     assert (output / "checkpoint-4" / "model.safetensors").exists()
 
 
-def test_accelerate_launch_with_the_cpu_ddp_config_as_the_readme_writes_it(
-    repo_root, tiny_memes_folder, tiny_train_args, tmp_path
-):
-    # No --use_cpu / --ddp_backend: on a machine without CUDA train.py must join the two processes itself, not run
-    # two independent trainings into one folder.
-    output = tmp_path / "accelerate"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(repo_root / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", "29534",
-        str(repo_root / "train.py"), "--dataset", str(tiny_memes_folder), "--output_dir", str(output),
-        "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "no",
-        "--load_best_model_at_end", "false", "--do_predict", "false", *tiny_train_args,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    log = result.stdout + result.stderr
-    for rank in (0, 1):
-        assert f"[rank {rank}/2] trained 4 steps" in log
-    assert "[rank 0/1]" not in log
-    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-4"]
-    state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
-    # one run over both ranks, one set of results
-    assert state["global_step"] == 4
-    assert json.loads((output / "all_results.json").read_text())["test_accuracy"] >= 0
-
-
 def test_sigkill_then_resume_matches_an_uninterrupted_run(repo_root, tiny_memes_folder, tiny_train_args, tmp_path):
     args = [
         "--dataset",
