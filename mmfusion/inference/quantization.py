@@ -118,8 +118,9 @@ def warn_if_int8_made_for_another_cpu(export_info_path: str | os.PathLike, onnx_
     )
     if not tuned["reduce_range"] and here == "avx2":
         logger.warning(
-            "%s was quantized for a CPU with VNNI (%s: %s), and this CPU has none (%s): its int8 kernels sum pairs "
-            "of products in 16 bits, which 8-bit weights can saturate, losing accuracy; %s.",
+            "%s was quantized with 8-bit weights for a CPU whose int8 kernels sum in 32 bits (%s: %s), and this "
+            "CPU has no VNNI (%s): its int8 kernels sum pairs of products in 16 bits, which 8-bit weights can "
+            "saturate, losing accuracy; %s.",
             onnx_file, tuned["target"], exported_on, this_cpu or "none of the AVX2+ flags", advice,
         )  # fmt: skip
     else:
