@@ -106,11 +106,13 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     else:
         image_inputs = "cached uint8 pixels"
     logger.info(
-        "Model: %s fusion, %.1fM parameters (%.1fM trainable); image inputs: %s",
+        "Model: %s fusion, %.1fM parameters (%.1fM trainable); image inputs: %s; precision: %s on %s",
         model.config.fusion,
         model.num_parameters() / 1e6,
         model.num_parameters(only_trainable=True) / 1e6,
         image_inputs,
+        training_args.precision,
+        training_args.device.type,
     )
 
     # 4. Model inputs, computed once into the datasets cache (tokens, resized pixels or frozen-tower features).

@@ -78,9 +78,11 @@ def test_bf16_features_match_the_uncached_bf16_forward_and_have_their_own_cache(
     assert not torch.equal(torch.as_tensor(bf16[0][IMAGE_FEATURES]), torch.as_tensor(fp32[0][IMAGE_FEATURES]))
 
 
-def test_caching_leaves_the_model_as_it_was(memes, tmp_path):
+@pytest.mark.parametrize("fusion", ["early", "cross"])  # caches feature maps; caches both towers' embeddings
+def test_caching_leaves_the_model_as_it_was(fusion, memes, tmp_path):
     _, root = memes
-    model, processor = tiny_model("early", freeze_vision_encoder=True), tiny_processor()
+    model = tiny_model(fusion, freeze_vision_encoder=True, freeze_text_encoder=fusion == "cross")
+    processor = tiny_processor()
     model.train()  # (the frozen tower stays in eval mode: its BatchNorm statistics are part of what is frozen)
     modes = {name: module.training for name, module in model.named_modules()}
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -90,6 +92,9 @@ def test_caching_leaves_the_model_as_it_was(memes, tmp_path):
     after = model.state_dict()
     assert all(tensor.is_contiguous() for tensor in after.values())  # safetensors refuses strided tensors
     assert all(torch.equal(before[name], after[name]) for name in before)
+    # no weight or buffer was copied under inference mode: the Trainer's best-model reload writes into all of them
+    assert [name for name, tensor in after.items() if tensor.is_inference()] == []
+    model.load_state_dict(before)
     model.save_pretrained(tmp_path / "saved")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -248,7 +249,6 @@ def training_autocast_dtype(training_args) -> torch.dtype | None:
     return None
 
 
-@torch.inference_mode()
 def encode_images(
     dataset: Dataset,
     model,
@@ -290,7 +290,7 @@ def encode_images(
 
     def features_of(pixel_values: np.ndarray) -> np.ndarray:
         pixel_values = torch.from_numpy(pixel_values).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with _tower_forward(device, autocast_dtype):
             if embeddings:
                 features = model.image_embeddings(pixel_values=pixel_values)
             else:
@@ -320,6 +320,17 @@ def encode_images(
         tower.to(home, memory_format=torch.contiguous_format).train(was_training)
 
 
+@contextmanager
+def _tower_forward(device: torch.device, autocast_dtype: torch.dtype | None):
+    """How the frozen towers run while caching: without autograd, under the Trainer's autocast dtype.
+
+    Only the forward runs under `torch.inference_mode()`, never the tower's moves to and from `device`: a weight or
+    buffer copied inside it becomes an inference tensor, which `load_state_dict` cannot later write into outside it
+    (the Trainer's best-model reload under FSDP on a GPU failed so on every BatchNorm statistic)."""
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        yield
+
+
 def _tower_with_projection(tower: torch.nn.Module, projection: torch.nn.Module | None) -> torch.nn.Module:
     """The tower and its projection into a dual encoder's joint space, as one module (moved, hashed together)."""
     return tower if projection is None else torch.nn.ModuleList([tower, projection])
@@ -340,7 +351,6 @@ def _sample_shape(features_of, pixel_values_of, ndim: int) -> tuple[int, ...]:
     return tuple(int(d) for d in sample.shape)
 
 
-@torch.inference_mode()
 def encode_texts(
     dataset: Dataset,
     model,
@@ -380,7 +390,7 @@ def encode_texts(
     def embed(batch):
         rows = [dict(zip(text_columns, values)) for values in zip(*(batch[name] for name in text_columns))]
         inputs = {name: tensor.to(device) for name, tensor in pad(rows).items()}
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with _tower_forward(device, autocast_dtype):
             embeds = model.text_embeddings(**inputs)
         return {TEXT_EMBEDS: embeds.float().cpu().numpy()}
 
