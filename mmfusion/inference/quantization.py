@@ -118,14 +118,16 @@ def warn_if_int8_made_for_another_cpu(export_info_path: str | os.PathLike, onnx_
     )
     if not tuned["reduce_range"] and here == "avx2":
         logger.warning(
-            "%s was quantized with 8-bit weights for a CPU whose int8 kernels sum in 32 bits (%s: %s), and this "
+            "%s was quantized with 8-bit weights for a CPU whose int8 kernels sum in 32 bits (--int8-target %s, "
+            "exported on a CPU with %s), and this "
             "CPU has no VNNI (%s): its int8 kernels sum pairs of products in 16 bits, which 8-bit weights can "
             "saturate, losing accuracy; %s.",
             onnx_file, tuned["target"], exported_on, this_cpu or "none of the AVX2+ flags", advice,
         )  # fmt: skip
     else:
         logger.info(
-            "%s was quantized for another kind of CPU (%s: %s; this one: %s): it runs correctly here; for the best "
+            "%s was quantized for another kind of CPU (--int8-target %s, exported on a CPU with %s; this one: %s): "
+            "it runs correctly here; for the best "
             "accuracy, %s.",
             onnx_file, tuned["target"], exported_on, here, advice,
         )  # fmt: skip
