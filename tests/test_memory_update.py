@@ -38,6 +38,16 @@ def checkpoint(memory_checkpoint, tmp_path):
     return folder
 
 
+def nearest_as_itself(neighbors: list[dict], own_id: str) -> dict:
+    """A query that is a memory row finds itself among its nearest, at the best similarity (1), and returns it. Not
+    necessarily first: the tiny demo model maps a cue's examples to nearly one point (top fives of 0.999997 to
+    0.9999999), so which of them wins depends on the CPU's float rounding (the row was first on a Zen 4, second on a
+    Zen 3)."""
+    (own,) = [neighbor for neighbor in neighbors if neighbor["id"] == own_id]
+    assert own["similarity"] == pytest.approx(neighbors[0]["similarity"], abs=1e-4) == pytest.approx(1.0, abs=1e-4)
+    return own
+
+
 def snapshot(folder):
     return {name: (folder / name).read_bytes() for name in MEMORY_FILENAMES}
 
@@ -83,11 +93,9 @@ def test_cli_adds_and_removes_rows_without_retraining(checkpoint, trained_demo_c
     assert model.memory.labels[-4:].tolist() == test[:4]["label"]
     assert (checkpoint / "model.safetensors").read_bytes() == weights_before  # no gradient step, no new weights
     predictor = MMFusionPredictor.from_pretrained(checkpoint, device="cpu")
-    # a pair that is now in the memory finds itself first
-    record = predictor.predict(test[2]["image"], test[2]["text"], neighbors=3)
-    assert record["neighbors"][0]["id"] == "new2"
-    assert record["neighbors"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
-    assert record["neighbors"][0]["caption"] == test[2]["text"]
+    # a pair that is now in the memory finds itself among the nearest
+    record = predictor.predict(test[2]["image"], test[2]["text"], neighbors=5)
+    assert nearest_as_itself(record["neighbors"], "new2")["caption"] == test[2]["text"]
     assert memory_main(["remove", str(checkpoint), "--ids", "new1,new2"]) == 0  # the CLI, in-process this time
     memory = AutoModelForSequenceClassification.from_pretrained(checkpoint).memory
     assert len(memory) == 402 and "new2" not in memory and "new3" in memory
@@ -195,7 +203,7 @@ HUB_USER_SCRIPT = textwrap.dedent(
     assert importlib.util.find_spec("mmfusion") is None, "mmfusion is importable"
     from transformers import pipeline
     classify = pipeline("image-text-classification", model=sys.argv[2], trust_remote_code=True, device="cpu")
-    result = classify({"image": sys.argv[3], "text": sys.argv[4]}, neighbors=3)
+    result = classify({"image": sys.argv[3], "text": sys.argv[4]}, neighbors=5)
     assert "mmfusion" not in sys.modules
     print(json.dumps(result))
     """
@@ -217,10 +225,10 @@ def test_pipeline_without_mmfusion_returns_neighbours(checkpoint, trained_demo_c
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     expected = MMFusionPredictor.from_pretrained(checkpoint, device="cpu").predict(
-        tmp_path / "meme.png", row["text"], neighbors=3
+        tmp_path / "meme.png", row["text"], neighbors=5
     )
     assert [n["id"] for n in got["neighbors"]] == [n["id"] for n in expected["neighbors"]]
-    assert got["neighbors"][0]["id"] == str(row["id"]) and got["neighbors"][0]["caption"] == row["text"]
+    assert nearest_as_itself(got["neighbors"], str(row["id"]))["caption"] == row["text"]
     np.testing.assert_allclose(
         [n["similarity"] for n in got["neighbors"]], [n["similarity"] for n in expected["neighbors"]], atol=1e-5
     )
@@ -267,8 +275,9 @@ def test_the_app_shows_the_nearest_labelled_examples_beside_the_verdict(
     row["image"].save(tmp_path / "meme.png")
     rows, note = app.nearest_examples(predictor, str(tmp_path / "meme.png"), row["text"])
     expected = predictor.predict(tmp_path / "meme.png", row["text"], neighbors=app.NEIGHBOR_COUNT)["neighbors"]
-    assert [r[0] for r in rows] == [n["id"] for n in expected] and rows[0][0] == str(row["id"])
-    assert rows[0][1] == predictor.label_names[row["label"]] and rows[0][3] == row["text"]
+    assert [r[0] for r in rows] == [n["id"] for n in expected]
+    own = nearest_as_itself(expected, str(row["id"]))
+    assert own["label"] == predictor.label_names[row["label"]] and own["caption"] == row["text"]
     assert "Prediction mode `head`" in note and "400 labelled examples" in note
     assert {"/classify", "/neighbors", "/explain"} <= set(app.build_demo(predictor).get_api_info()["named_endpoints"])
     plain = MMFusionPredictor.from_pretrained(trained_demo_checkpoint.path, device="cpu")
