@@ -16,14 +16,12 @@ model card (`README.md`).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from mmfusion.evaluation.metrics import best_model_metric, make_compute_metrics
 from mmfusion.evaluation.model_card import write_model_card
@@ -38,6 +36,7 @@ from mmfusion.training.inputs import prepare_model_inputs, training_autocast_dty
 from mmfusion.training.memory import metrics_in_mode, run_memory_step
 from mmfusion.training.operating_point import run_operating_point
 from mmfusion.training.output_lock import OutputDirLock
+from mmfusion.training.resume import checkpoint_to_resume, record_run_settings, run_settings
 from mmfusion.training.rgcl import RGCLTrainer
 from mmfusion.training.setup import (
     build_model,
@@ -77,6 +76,10 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
+    # A rerun resumes the output folder's last checkpoint only if that run had these settings: checked now, before
+    # any work (the settings are taken as parsed, before anything below fills in defaults).
+    settings = run_settings(model_args, data_args, training_args)
+    checkpoint = checkpoint_to_resume(settings, training_args) if training_args.do_train else None
 
     # 2. Data: every row checked once at load time, then the splits that play train/validation/test.
     with training_args.main_process_first(desc="loading data"):
@@ -156,14 +159,12 @@ def train_and_evaluate(model_args, data_args, training_args) -> dict:
         fusion_learning_rate=model_args.fusion_learning_rate,
     )
 
-    # 6. Train, resuming from the output folder's last checkpoint when there is one.
+    # 6. Train, resuming from the output folder's last checkpoint when there is one (made with these settings).
     results: dict[str, float] = {}
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is None and os.path.isdir(training_args.output_dir):
-            checkpoint = get_last_checkpoint(training_args.output_dir)
-            if checkpoint:
-                logger.info("Resuming from the last checkpoint in the output folder: %s", checkpoint)
+        if checkpoint and not training_args.resume_from_checkpoint:
+            logger.info("Resuming from the last checkpoint in the output folder: %s", checkpoint)
+        record_run_settings(settings, training_args)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         print(
             f"[rank {training_args.process_index}/{training_args.world_size}] trained "

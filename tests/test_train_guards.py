@@ -106,3 +106,42 @@ def test_training_split_with_unlabeled_rows_is_refused_before_anything_is_built(
     assert "--label_column" in result.stderr
     assert "did not return a loss" not in result.stderr
     assert "Model:" not in result.stderr and not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_rerun_with_other_settings_does_not_resume_the_old_run(
+    repo_root, tiny_memes_folder, tiny_train_args, tmp_path
+):
+    """Rerunning into a folder resumes its last checkpoint: with other settings (here a learning rate and a number of
+    epochs) that would train the old run's weights on under a new schedule, so train.py refuses before any work,
+    naming each difference, and leaves every file as it was; naming the checkpoint continues it on purpose."""
+    import importlib.util
+
+    from mmfusion.training.arguments import parse_arguments
+    from mmfusion.training.resume import checkpoint_to_resume, run_settings
+
+    output = tmp_path / "run"
+    arguments = ["--dataset", tiny_memes_folder, "--output_dir", output, "--num_train_epochs", "1",
+                 "--do_predict", "false", *tiny_train_args]  # fmt: skip
+    first = subprocess.run(train_command(repo_root, *arguments), cwd=repo_root, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    files = {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    (checkpoint,) = output.glob("checkpoint-*")
+
+    spec = importlib.util.spec_from_file_location("train_script", repo_root / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    changed = [*map(str, arguments), "--learning_rate", "5e-4", "--num_train_epochs", "2"]
+    with pytest.raises(OutputDirError) as refused:
+        train.main(changed)
+    message = str(refused.value)
+    assert f"Output folder {output} holds checkpoints of a run with other settings" in message
+    assert "learning_rate: 0.001 -> 0.0005" in message and "num_train_epochs: 1.0 -> 2.0" in message
+    assert "seed" not in message  # only what differs
+    assert f"--resume_from_checkpoint {checkpoint}" in message
+    assert {path: path.read_bytes() for path in output.rglob("*") if path.is_file()} == files
+
+    # the same settings resume; an explicit checkpoint is continued with the new settings
+    same = parse_arguments(list(map(str, arguments)))
+    assert checkpoint_to_resume(run_settings(*same), same[2]) == str(checkpoint)
+    explicit = parse_arguments([*changed, "--resume_from_checkpoint", str(checkpoint)])
+    assert checkpoint_to_resume(run_settings(*explicit), explicit[2]) == str(checkpoint)
