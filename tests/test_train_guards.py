@@ -3,6 +3,7 @@ split without labels. Real subprocesses, as users run it."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -144,4 +145,11 @@ def test_a_rerun_with_other_settings_does_not_resume_the_old_run(
     same = parse_arguments(list(map(str, arguments)))
     assert checkpoint_to_resume(run_settings(*same), same[2]) == str(checkpoint)
     explicit = parse_arguments([*changed, "--resume_from_checkpoint", str(checkpoint)])
+    assert checkpoint_to_resume(run_settings(*explicit), explicit[2]) == str(checkpoint)
+
+    # a damaged record cannot be compared: refused with its file and line, unless the checkpoint is named
+    record = output / "run_settings.json"
+    record.write_text('{\n  "learning_rate": 0.001,\n  "seed": \n}\n', encoding="utf-8")
+    with pytest.raises(OutputDirError, match=rf"{re.escape(str(record))}, line 4, column 1: not the JSON"):
+        checkpoint_to_resume(run_settings(*same), same[2])
     assert checkpoint_to_resume(run_settings(*explicit), explicit[2]) == str(checkpoint)

@@ -15,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..files import atomic_write_text
+
 logger = logging.getLogger("mmfusion.data")
 
 ON_BAD_ROWS_CHOICES = ("error", "skip")
@@ -208,11 +210,7 @@ class LoadReport:
     def save(self, path: str | os.PathLike) -> str:
         """Write the report as JSON to `path` (creating folders) and remember the path."""
         path = os.path.abspath(os.fspath(path))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp_path = f"{path}.tmp-{os.getpid()}"
-        with open(tmp_path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp_path, path)  # atomic: a reader never sees half a report
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))  # a reader never sees half a report
         self.path = path
         return path
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..files import atomic_write_text
 from .output_lock import OutputDirError
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,13 @@ def checkpoint_to_resume(settings: dict, training_args) -> str | None:
     checkpoint = explicit or (get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None)
     if checkpoint is None:
         return None
-    differences = _differences(output_dir / RUN_SETTINGS_FILENAME, settings)
+    try:
+        differences = _differences(output_dir / RUN_SETTINGS_FILENAME, settings)
+    except OutputDirError as error:
+        if not explicit:
+            raise
+        logger.warning("%s Continuing %s as asked.", error, checkpoint)
+        differences = ""
     if differences and not explicit:
         raise OutputDirError(
             f"Output folder {output_dir} holds checkpoints of a run with other settings ({differences}; recorded in "
@@ -130,6 +137,14 @@ def _differences(recorded_file: Path, settings: dict) -> str:
         recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return ""
+    except json.JSONDecodeError as error:
+        raise OutputDirError(
+            f"{recorded_file}, line {error.lineno}, column {error.colno}: not the JSON train.py writes ({error.msg}), "
+            "so the run that made this folder's checkpoints cannot be compared with this one. Restore the file, "
+            "choose another --output_dir, or pass --resume_from_checkpoint to continue a checkpoint on purpose."
+        ) from error
+    if not isinstance(recorded, dict):
+        raise OutputDirError(f"{recorded_file}: expected a JSON object of settings, found {type(recorded).__name__}.")
     return ", ".join(
         f"{name}: {json.dumps(recorded[name])} -> {json.dumps(settings[name])}"
         for name in sorted(set(recorded) & set(settings))
@@ -142,11 +157,9 @@ def record_run_settings(settings: dict, training_args) -> None:
     new file, never half of one)."""
     if not training_args.should_save:
         return
-    path = Path(training_args.output_dir) / RUN_SETTINGS_FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(
+        Path(training_args.output_dir) / RUN_SETTINGS_FILENAME, json.dumps(settings, indent=2, sort_keys=True) + "\n"
+    )
 
 
 __all__ = ["RUN_SETTINGS_FILENAME", "checkpoint_to_resume", "record_run_settings", "run_settings"]
