@@ -188,6 +188,24 @@ def test_fsdp_on_cpu_is_refused_with_the_reason(requested_by, monkeypatch, tmp_p
         parse_arguments(argv)
 
 
+def test_a_launch_asking_for_processes_that_did_not_start_is_warned(monkeypatch, caplog, tmp_path):
+    # In-process, with the environment accelerate's single-process launcher gives its one process when asked for
+    # several (`accelerate launch --num_processes 2 train.py` without GPUs: MASTER_PORT but no WORLD_SIZE); the real
+    # launch is run for mmfusion-predict in tests/test_predict.py.
+    from mmfusion.inference.sharding import warn_once
+
+    warn_once.cache_clear()
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    with caplog.at_level("WARNING"):
+        parse_arguments(["--output_dir", str(tmp_path)])
+        assert "started this one alone" not in caplog.text  # one process asked for: no MASTER_PORT
+        monkeypatch.setenv("MASTER_PORT", "29500")
+        parse_arguments(["--output_dir", str(tmp_path)])
+    assert "asked for several processes but started this one alone" in caplog.text
+    assert "configs/accelerate/cpu_ddp.yaml" in caplog.text
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason=FSDP_NEEDS_GPUS)
 def test_fsdp_on_two_gpus_trains_and_saves_a_checkpoint_that_reloads(
     repo_root, tiny_memes_folder, tiny_train_args, tmp_path

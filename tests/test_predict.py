@@ -327,28 +327,34 @@ def test_shares_are_whole_contiguous_batches_covering_every_row_once():
         assert all(share.start % batch == 0 for share in shares if len(share))  # batches as one process cuts them
 
 
-def test_accelerate_launch_shares_the_rows_and_writes_the_single_process_file(checkpoint, tiny_memes_folder, tmp_path):
-    """`accelerate launch -m mmfusion.inference.predict`: 2 CPU processes write the 1-process file byte for byte."""
+def test_accelerate_launch_shares_the_rows_and_writes_the_single_process_file(
+    repo_root, checkpoint, tiny_memes_folder, tmp_path
+):
+    """`accelerate launch -m mmfusion.inference.predict` on a CPU: with `configs/accelerate/cpu_ddp.yaml` 2 processes
+    share the rows and write the 1-process file byte for byte. Plain `--num_processes 2` without GPUs makes accelerate
+    start one process (its single-process launcher): that one says so and predicts everything; it is the 1-process
+    run here."""
     import os
     import subprocess
     import sys
 
     arguments = [str(checkpoint), "--input", str(tiny_memes_folder), "--split", "test", "--batch-size", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    single = subprocess.run(
-        [sys.executable, "-m", "mmfusion.inference.predict", *arguments, "--output", str(tmp_path / "one.csv"),
-         "--cache-dir", str(tmp_path / "c1")],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    assert single.returncode == 0, single.stderr[-3000:]
-    launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29536",
-         "-m", "mmfusion.inference.predict", *arguments, "--output", str(tmp_path / "two.csv"),
-         "--cache-dir", str(tmp_path / "c2")],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    assert launched.returncode == 0, launched.stderr[-4000:]
-    assert launched.stderr.count("Wrote 16 predictions") == 1  # one process writes
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+    def run(launcher_options, output):
+        command = [*launch, *launcher_options, "-m", "mmfusion.inference.predict", *arguments,
+                   "--output", str(tmp_path / output), "--cache-dir", str(tmp_path / f"cache-{output}")]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result.stderr
+
+    alone = run(["--num_processes", "2", "--num_machines", "1", "--main_process_port", "29535"], "one.csv")
+    assert "asked for several processes but started this one alone" in alone
+    assert "Wrote 16 predictions (test) to" in alone  # one process predicted all 16 rows
+    config = str(repo_root / "configs" / "accelerate" / "cpu_ddp.yaml")
+    shared = run(["--config_file", config, "--main_process_port", "29536"], "two.csv")
+    assert shared.count("Wrote 16 predictions (test, predicted by 2 processes)") == 1  # one process writes
+    assert "started this one alone" not in shared
     one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
     assert one.count(b"\n") == 17 and two == one

@@ -11,6 +11,8 @@ Note: `mmfusion.inference.predict` is the convenience *function*; the command-li
 `mmfusion/inference/predict.py` (`python -m mmfusion.inference.predict`).
 """
 
+import warnings
+
 from ..evaluation.predictions import FilePredictions, Predictions
 from .backends import INT8_ONNX_FILENAME, ONNX_FILENAME, OnnxBackend, TorchBackend
 from .export import ExportInfo, export_onnx
@@ -19,6 +21,13 @@ from .modality import ModalityReport, modality_report
 from .predict import predict
 from .predictor import MMFusionPredictor
 from .quantization import quantize_int8, quantize_int8_static
+
+# `python -m mmfusion.inference.predict` (the form `accelerate launch -m` needs) imports this package, which imports
+# the module for the `predict` function, before running the module as __main__; runpy then warns that the module ran
+# twice. Running twice is harmless for it (definitions only), so that one warning is not shown.
+warnings.filterwarnings(
+    "ignore", message=r"'mmfusion\.inference\.predict' found in sys\.modules", category=RuntimeWarning
+)
 
 __all__ = [
     "ExportInfo",

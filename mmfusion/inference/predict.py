@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 **LoaderArguments.from_namespace(args).as_loader_kwargs(),
             )
             if is_main_process(state):  # every process holds all rows; one writes them
-                write_file_predictions(predictions, args.output)
+                write_file_predictions(predictions, args.output, processes=1 if state is None else state.num_processes)
                 if args.explain is not None:
                     explain_input(predictor, predictions.split, args)
     except (BadRowError, ImageCheckError, OSError, ValueError) as error:  # OSError: no such checkpoint/file
@@ -258,8 +258,9 @@ def write_pair(
     print(f"Wrote {output}", file=sys.stderr)
 
 
-def write_file_predictions(predictions: Predictions, output: str | None) -> None:
-    """Write to `output` (.csv or .json), or the challenge-format CSV to stdout; report skipped rows on stderr."""
+def write_file_predictions(predictions: Predictions, output: str | None, processes: int = 1) -> None:
+    """Write to `output` (.csv or .json), or the challenge-format CSV to stdout; report skipped rows on stderr.
+    `processes`: how many processes predicted the rows (said when several did)."""
     if output is None and predictions.neighbors is not None:
         print(json.dumps(list(predictions), indent=2))
     elif output is None:
@@ -268,7 +269,8 @@ def write_file_predictions(predictions: Predictions, output: str | None) -> None
         writer.writerows(predictions.rows())
     else:
         predictions.save(output)
-        print(f"Wrote {len(predictions)} predictions ({predictions.split}) to {output}", file=sys.stderr)
+        by = f", predicted by {processes} processes" if processes > 1 else ""
+        print(f"Wrote {len(predictions)} predictions ({predictions.split}{by}) to {output}", file=sys.stderr)
     if predictions.skipped_ids:
         where = f" (report: {predictions.report.path})" if getattr(predictions.report, "path", None) else ""
         print(f"Skipped {len(predictions.skipped_ids)} bad rows{where}: {predictions.skipped_ids}", file=sys.stderr)

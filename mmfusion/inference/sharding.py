@@ -7,8 +7,10 @@ for byte. Shares are gathered in process order, which is input order, and only t
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
+from functools import cache
 
 import numpy as np
 
@@ -18,11 +20,33 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def started_alone_by_accelerate() -> bool:
+    """True in the one process that `accelerate launch` started when it was asked for several but ran its single-process
+    launcher: on a machine without GPUs, `--num_processes N` (or `--num_machines N`) alone does that. That launcher
+    then still sets MASTER_ADDR/MASTER_PORT (only when more than one process was asked for) but starts no torchrun,
+    so WORLD_SIZE is never set and this process would do all the work by itself."""
+    return (
+        "ACCELERATE_MIXED_PRECISION" in os.environ  # set by every `accelerate launch`
+        and "MASTER_PORT" in os.environ
+        and "WORLD_SIZE" not in os.environ
+    )
+
+
+STARTED_ALONE = (
+    "accelerate launch was asked for several processes but started this one alone: without GPUs its default "
+    "launcher runs a single process. Start several with --config_file configs/accelerate/cpu_ddp.yaml (or "
+    "--multi_gpu, which on a machine without GPUs starts them on the CPU); this process does all the work."
+)
+
+
 def launcher_state():
     """accelerate's `PartialState` (joins the launcher's process group: NCCL on GPUs, gloo on CPUs) when launched as
-    several processes; None when run as one, so a plain run never touches `torch.distributed`."""
+    several processes; None when run as one, so a plain run never touches `torch.distributed`. Warns when
+    `accelerate launch` was asked for several processes but started one (`started_alone_by_accelerate`)."""
     launched = launched_processes()
     if launched <= 1:
+        if started_alone_by_accelerate():
+            warn_once(STARTED_ALONE)
         return None
     import torch
     from accelerate import PartialState
@@ -36,6 +60,11 @@ def launcher_state():
             "do all the work alone. Check the launcher's configuration."
         )
     return state
+
+
+@cache
+def warn_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
 
 
 def batch_aligned_shares(num_rows: int, batch_size: int, num_processes: int) -> list[range]:
@@ -87,4 +116,5 @@ __all__ = [
     "launched_processes",
     "launcher_state",
     "main_process_first",
+    "started_alone_by_accelerate",
 ]
