@@ -35,7 +35,8 @@ def started_alone_by_accelerate() -> bool:
 STARTED_ALONE = (
     "accelerate launch was asked for several processes but started this one alone: without GPUs its default "
     "launcher runs a single process. Start several with --config_file configs/accelerate/cpu_ddp.yaml (or "
-    "--multi_gpu, which on a machine without GPUs starts them on the CPU); this process does all the work."
+    "--multi_gpu, which on a machine without GPUs starts them on the CPU); this process does all the work. (Seen "
+    "from MASTER_PORT set without WORLD_SIZE: if one process was meant, MASTER_PORT came from the environment.)"
 )
 
 
