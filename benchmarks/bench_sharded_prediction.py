@@ -5,8 +5,8 @@ Saves the randomly initialised realistic-size model of `bench_inference.py` (BER
 tower at 224 px, early fusion; no download), writes a Hateful-Memes-layout folder of photo-sized PNG memes (as
 `bench_training.py` does), and predicts its train split with the PyTorch backend:
 
-- 1 process with OMP_NUM_THREADS=2 (the default of a 2-core machine) against 2 processes with 1 thread each, so both
-  use the same cores; the settings alternate, `--repeats` times each, so a slow spell of the machine hits both;
+- 1 process with a thread per core against 2 processes with half the cores each (OMP_NUM_THREADS), so both use the
+  same cores; the settings alternate, `--repeats` times each, so a slow spell of the machine hits both;
 - every run is a fresh process (or 2) reading the same `datasets` cache, built once before the timed runs (building
   it is the same work in both settings: the main process does it, the others wait and read it);
 - timed: the command's wall time, start-up included (what a user waits for);
@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mmfusion.parallel import usable_cpu_count
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -42,9 +44,13 @@ def predict_command(checkpoint: Path, memes: Path, cache: Path, output: Path, pr
     return [*launcher, "-m", "mmfusion.inference.predict", *arguments]
 
 
+def threads_per_process(processes: int) -> int:
+    return max(1, usable_cpu_count() // processes)  # both settings on the same cores
+
+
 def run(command: list[str], processes: int) -> float:
     """The command's wall time; stops unless it ran and that many processes shared the rows."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(2 // processes)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process(processes))}
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
@@ -68,7 +74,7 @@ def main() -> None:
 
     from mmfusion.training.precision import describe_cpu
 
-    print(f"CPU: {describe_cpu()}; {os.cpu_count()} cores", flush=True)
+    print(f"CPU: {describe_cpu()}; {usable_cpu_count()} usable cores", flush=True)
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
         work.mkdir(parents=True, exist_ok=True)
@@ -96,7 +102,7 @@ def main() -> None:
     for processes, times in walls.items():
         median = statistics.median(times)
         print(
-            f"| {processes} x {2 // processes} | {median:.1f} s | {', '.join(f'{t:.1f}' for t in times)} | "
+            f"| {processes} x {threads_per_process(processes)} | {median:.1f} s | {', '.join(f'{t:.1f}' for t in times)} | "
             f"{args.n / median:.1f} | {'yes' if all(identical[processes]) else 'NO'} |"
         )
     ratios = [one / two for one, two in zip(walls[1], walls[2])]

@@ -46,8 +46,7 @@ def launcher_state():
     `accelerate launch` was asked for several processes but started one (`started_alone_by_accelerate`)."""
     launched = launched_processes()
     if launched <= 1:
-        if started_alone_by_accelerate():
-            warn_once(STARTED_ALONE)
+        warn_if_started_alone()
         return None
     import torch
     from accelerate import PartialState
@@ -61,6 +60,12 @@ def launcher_state():
             "do all the work alone. Check the launcher's configuration."
         )
     return state
+
+
+def warn_if_started_alone() -> None:
+    """Warn (once per process) when `accelerate launch` was asked for several processes but started this one alone."""
+    if started_alone_by_accelerate():
+        warn_once(STARTED_ALONE)
 
 
 @cache
@@ -118,4 +123,5 @@ __all__ = [
     "launcher_state",
     "main_process_first",
     "started_alone_by_accelerate",
+    "warn_if_started_alone",
 ]

@@ -19,7 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from ..configuration_mmfusion import OBJECTIVE_SETTINGS, TEXT_POOLINGS
 from ..data.options import LoaderArguments
 from ..fusions import FUSIONS, fusion_names, fusion_settings
-from ..inference.sharding import STARTED_ALONE, started_alone_by_accelerate, warn_once
+from ..inference.sharding import warn_if_started_alone
 from .precision import PRECISIONS, resolve_precision
 
 
@@ -350,8 +350,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
             "processes would train independently into one --output_dir. Check the launcher's config and the "
             "--use_cpu / --ddp_backend flags."
         )
-    if started_alone_by_accelerate():
-        warn_once(STARTED_ALONE)
+    warn_if_started_alone()  # `accelerate launch --num_processes N` without GPUs: one process, not N
     check_fsdp_device(training_args)
     return model_args, data_args, training_args
 
