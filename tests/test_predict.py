@@ -358,3 +358,13 @@ def test_accelerate_launch_shares_the_rows_and_writes_the_single_process_file(
     assert "started this one alone" not in shared
     one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
     assert one.count(b"\n") == 17 and two == one
+
+    # an input the main process cannot load: every process stops with its error, none waits for the others and
+    # ends in a process-group traceback
+    missing = tmp_path / "missing.jsonl"
+    command = [*launch, "--config_file", config, "--main_process_port", "29537", "-m", "mmfusion.inference.predict",
+               str(checkpoint), "--input", str(missing), "--output", str(tmp_path / "none.csv")]  # fmt: skip
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert failed.returncode != 0
+    assert failed.stderr.count(f"mmfusion-predict: error: data file for split 'train' not found: {missing}") == 2
+    assert "[rank1]: Traceback" not in failed.stderr and "terminate called" not in failed.stderr

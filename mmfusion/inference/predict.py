@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BadRowError, ImageCheckError, OSError, ValueError) as error:  # OSError: no such checkpoint/file
         print(f"mmfusion-predict: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        if state is not None:  # leave the process group before exiting, or gloo aborts the process on an error
+            state.destroy_process_group()
     return 0
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
+import pickle
+from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -109,9 +110,41 @@ def is_main_process(state) -> bool:
     return state is None or state.is_main_process
 
 
+@contextmanager
 def main_process_first(state):
-    """The main process first (e.g. loading data into the `datasets` cache), then the others read what it wrote."""
-    return nullcontext() if state is None else state.main_process_first()
+    """The main process first (e.g. loading data into the `datasets` cache), then the others read what it wrote.
+
+    When the main process fails (a missing input, a bad row), the others raise the same error instead of running:
+    with accelerate's own `main_process_first` they would wait at its barrier for a process that has stopped, and
+    end in a process-group traceback that buries the error."""
+    if state is None:
+        yield
+        return
+    if not state.is_main_process:
+        error = _main_process_error(state, None)
+        if error is not None:
+            raise error
+        yield
+        return
+    try:
+        yield
+    except Exception as error:
+        _main_process_error(state, error)
+        raise
+    _main_process_error(state, None)
+
+
+def _main_process_error(state, error: Exception | None) -> Exception | None:
+    """The main process's `error` (None when it succeeded), received by every process: a collective, so it is also
+    the barrier the other processes wait at."""
+    from accelerate.utils import broadcast_object_list
+
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # an exception that does not survive pickling travels as its message
+        error = RuntimeError(f"{type(error).__name__}: {error}")
+    box = broadcast_object_list([error if state.is_main_process else None], from_process=0)
+    return box[0]
 
 
 __all__ = [
